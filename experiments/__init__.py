@@ -1,0 +1,1 @@
+"""Experiment YAML files (quickstart, paper, gpu)."""

@@ -1,0 +1,1 @@
+"""Locust scenarios (run by the `locust` command, never imported by system/ or by pytest)."""

@@ -1,0 +1,1 @@
+"""Benchmarks writing JSON under results/benchmarks/."""

@@ -1,0 +1,1 @@
+"""Prompt classifier: TF-IDF -> optional TruncatedSVD -> KMeans, saved with skops."""

@@ -1,0 +1,1 @@
+"""`sim`: a continuous-batching vLLM simulator with a roofline cost model, served over the OpenAI API."""

@@ -1,0 +1,1 @@
+"""Telemetry: NVML GPU sampler, process CPU/RSS sampler and Prometheus scraper."""
