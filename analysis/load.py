@@ -1,0 +1,245 @@
+"""Read a results dir (one run or a whole experiment) into tidy pandas tables keyed by config/users/rep."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from system.records import FIELD_NAMES, read_records, record_files
+
+KEYS = ["run_id", "config", "topology", "users", "rep"]
+STEP_GLOB = "*/users=*/rep=*"
+_USERS = re.compile(r"^users=(\d+)$")
+_REP = re.compile(r"^rep=(\d+)$")
+STEP_COLUMNS = [
+    "experiment",
+    *KEYS,
+    "status",
+    "start_ts",
+    "end_ts",
+    "warmup_s",
+    "window_start",
+    "window_end",
+    "window_s",
+    "step_dir",
+]
+
+
+class NoCompleteStepsError(ValueError):
+    """The path holds no step whose step.json says status "ok"."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _has_steps(d: Path) -> bool:
+    return any(s.is_dir() for s in d.glob(STEP_GLOB))
+
+
+def find_run_dirs(path: str | Path) -> list[Path]:
+    """Run dirs under `path`: the path itself if it is a run dir, else its children that are run dirs."""
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"results dir not found: {p}")
+    if (p / "manifest.json").is_file() or _has_steps(p):
+        return [p]
+    runs = sorted(c for c in p.iterdir() if c.is_dir() and ((c / "manifest.json").is_file() or _has_steps(c)))
+    return runs
+
+
+def _topology(config: dict[str, Any]) -> str:
+    topo = config.get("topology", "")
+    if isinstance(topo, dict):  # tolerate {"kind": "routed", ...}
+        topo = topo.get("kind", "")
+    return str(topo)
+
+
+def load_configs(path: str | Path) -> dict[str, dict[str, Any]]:
+    """config name -> its resolved config.json (the last run wins when an experiment has several)."""
+    out: dict[str, dict[str, Any]] = {}
+    for run in find_run_dirs(path):
+        for cfg in sorted(run.glob("*/config.json")):
+            out[cfg.parent.name] = _read_json(cfg)
+    return out
+
+
+def expert_names(config: dict[str, Any]) -> list[str]:
+    """Expert names of a configuration, in config order ([] when the config does not list them)."""
+    experts = config.get("experts")
+    if experts is None and isinstance(config.get("topology"), dict):
+        experts = config["topology"].get("experts")
+    names = []
+    for e in experts or []:
+        name = e.get("name") if isinstance(e, dict) else e
+        if name:
+            names.append(str(name))
+    return names
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    """manifest.json of a run dir (of the newest run of an experiment dir); {} when absent."""
+    runs = find_run_dirs(path)
+    return _read_json(runs[-1] / "manifest.json") if runs else {}
+
+
+def _iter_steps(path: str | Path) -> Iterator[dict[str, Any]]:
+    for run in find_run_dirs(path):
+        configs = {c.parent.name: _read_json(c) for c in run.glob("*/config.json")}
+        for d in sorted(run.glob(STEP_GLOB)):
+            mu, mr = _USERS.match(d.parent.name), _REP.match(d.name)
+            if not (d.is_dir() and mu and mr):
+                continue
+            info = _read_json(d / "step.json")
+            config = str(info.get("config") or d.parent.parent.name)
+            start = float(info.get("start_ts", float("nan")))
+            end = float(info.get("end_ts", float("nan")))
+            warmup = float(info.get("warmup_s", 0.0) or 0.0)
+            yield {
+                "experiment": run.parent.name,
+                "run_id": run.name,
+                "config": config,
+                "topology": str(info.get("topology") or _topology(configs.get(config, {}))),
+                "users": int(info.get("users", mu.group(1))),
+                "rep": int(info.get("rep", mr.group(1))),
+                "status": str(info.get("status", "missing")),
+                "start_ts": start,
+                "end_ts": end,
+                "warmup_s": warmup,
+                "window_start": start + warmup,
+                "window_end": end,
+                "window_s": end - (start + warmup),
+                "step_dir": str(d),
+            }
+
+
+def load_steps(path: str | Path, complete_only: bool = True) -> pd.DataFrame:
+    """One row per step (run_id, config, topology, users, rep, window ...); only status "ok" by default."""
+    df = pd.DataFrame(list(_iter_steps(path)), columns=STEP_COLUMNS)
+    if complete_only:
+        df = df[df["status"] == "ok"]
+    return df.sort_values(["config", "users", "run_id", "rep"]).reset_index(drop=True)
+
+
+def _with_keys(frame: pd.DataFrame, step: pd.Series, ts_col: str) -> pd.DataFrame:
+    for k in KEYS:
+        frame[k] = step[k]
+    ts = pd.to_numeric(frame[ts_col], errors="coerce") if ts_col in frame else pd.Series(dtype=float)
+    frame["in_window"] = (ts >= step["window_start"]) & (ts <= step["window_end"])
+    return frame
+
+
+def _tidy(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=[*KEYS, *columns, "in_window"])
+    df = pd.concat(frames, ignore_index=True)
+    return df[[*KEYS, *[c for c in df.columns if c not in KEYS]]]
+
+
+def load_runs(
+    path: str | Path, complete_only: bool = True, steps: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """All request records under `path` (a run dir or an experiment dir) as one tidy DataFrame.
+
+    Columns: run_id, config, topology, users, rep, then the RequestRecord fields (system.records),
+    `source_file` and `in_window` (the request ended inside the step's measurement window
+    [start_ts + warmup_s, end_ts]).
+    """
+    steps = load_steps(path, complete_only) if steps is None else steps
+    frames = []
+    for _, step in steps.iterrows():
+        recs = read_records(record_files(Path(step["step_dir"]) / "records"))
+        frames.append(_with_keys(recs, step, "end_ts"))
+    return _tidy(frames, [*FIELD_NAMES, "source_file"])
+
+
+def _load_csv(path: str | Path, name: str, complete_only: bool, steps: pd.DataFrame | None) -> pd.DataFrame:
+    steps = load_steps(path, complete_only) if steps is None else steps
+    frames = []
+    for _, step in steps.iterrows():
+        f = Path(step["step_dir"]) / name
+        if not f.is_file() or f.stat().st_size == 0:
+            continue
+        try:
+            # keep_default_na off for text columns would lose NaN values; labels are JSON or "" either way
+            df = pd.read_csv(f, on_bad_lines="skip")
+        except pd.errors.EmptyDataError:
+            continue
+        if "ts" not in df.columns:
+            continue
+        frames.append(_with_keys(df, step, "ts"))
+    return _tidy(frames, ["ts"])
+
+
+def load_gpu(path: str | Path, complete_only: bool = True, steps: pd.DataFrame | None = None) -> pd.DataFrame:
+    """NVML samples (gpu.csv) of every step: ts, gpu, util_pct, mem_used_mb, ... plus keys and `in_window`."""
+    return _load_csv(path, "gpu.csv", complete_only, steps)
+
+
+def load_metrics(
+    path: str | Path, complete_only: bool = True, steps: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Scraped Prometheus samples (metrics.csv): ts, target, metric, labels, value, keys, `in_window`."""
+    return _load_csv(path, "metrics.csv", complete_only, steps)
+
+
+def load_procs(
+    path: str | Path, complete_only: bool = True, steps: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Process samples (procs.csv): ts, name, pid, cpu_percent, rss_mb plus keys and `in_window`."""
+    return _load_csv(path, "procs.csv", complete_only, steps)
+
+
+@dataclass
+class RunData:
+    """Everything the report needs from one results dir."""
+
+    path: Path
+    steps: pd.DataFrame
+    records: pd.DataFrame
+    gpu: pd.DataFrame
+    metrics: pd.DataFrame
+    procs: pd.DataFrame
+    manifest: dict[str, Any] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def run_ids(self) -> list[str]:
+        return sorted(self.steps["run_id"].unique())
+
+
+def load_all(path: str | Path, complete_only: bool = True) -> RunData:
+    """Load every table of a run/experiment dir; NoCompleteStepsError when nothing usable is there."""
+    p = Path(path)
+    if not find_run_dirs(p):
+        raise NoCompleteStepsError(
+            f"{p}: not a results dir (no manifest.json, no <config>/users=N/rep=R steps)"
+        )
+    steps = load_steps(p, complete_only)
+    if steps.empty:
+        total = len(load_steps(p, complete_only=False))
+        raise NoCompleteStepsError(
+            f"{p}: no complete steps ({total} step dirs, none with step.json status 'ok'); "
+            "was the experiment interrupted before its first step finished?"
+        )
+    return RunData(
+        path=p,
+        steps=steps,
+        records=load_runs(p, steps=steps),
+        gpu=load_gpu(p, steps=steps),
+        metrics=load_metrics(p, steps=steps),
+        procs=load_procs(p, steps=steps),
+        manifest=load_manifest(p),
+        configs=load_configs(p),
+    )

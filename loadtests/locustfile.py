@@ -1,0 +1,87 @@
+"""Locust entry point: `locust -f loadtests/locustfile.py --host URL ...` (see loadtests/README.md)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+try:
+    import loadtests  # noqa: F401 - installed with the project (pip install -e .)
+except ImportError:  # run from a plain checkout: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gevent
+from locust import events
+from locust.runners import LocalRunner, MasterRunner
+
+from loadtests.options import add_arguments, settings_from
+from loadtests.recording import Recorder
+from loadtests.shapes import shape_from_argv
+from loadtests.users import STATE, LLMStreamUser, load_workload
+
+__all__ = ["LLMStreamUser"]
+logger = logging.getLogger("loadtests")
+
+# Locust picks up any LoadTestShape in this module; export the one --shape names (none: -u/-r/-t apply)
+_shape = shape_from_argv(sys.argv)
+if _shape is not None:
+    globals()[_shape.__name__] = _shape
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser: Any) -> None:
+    add_arguments(parser)
+
+
+def _prepare(environment: Any) -> None:
+    """Validate the options, load the prompts, set up this process's recorder (raises on bad input)."""
+    settings = settings_from(environment.parsed_options)
+    load_workload(settings)
+    STATE.settings = settings
+    if STATE.recorder is None or STATE.recorder.records_dir != settings.records_dir:
+        STATE.recorder = Recorder(
+            environment, settings.records_dir, settings.cpu_warn_percent, settings.lag_warn_ms
+        )
+    STATE.model = None  # re-resolve: the host or --model may have changed (web UI)
+
+
+@events.init.add_listener
+def _init(environment: Any, **_: Any) -> None:
+    if environment.parsed_options is None:
+        return
+    try:
+        settings_from(environment.parsed_options)
+        if isinstance(environment.runner, LocalRunner):
+            # fail before the test starts; workers get their options from the master at test start
+            _prepare(environment)
+    except Exception as e:
+        logger.error("cannot start the load test: %s", e)
+        sys.exit(2)
+
+
+@events.test_start.add_listener
+def _test_start(environment: Any, **_: Any) -> None:
+    if isinstance(environment.runner, MasterRunner):
+        return  # the master runs no users: no records, no prompts
+    try:
+        _prepare(environment)
+    except Exception as e:
+        logger.error("cannot start the load test: %s", e)
+        environment.process_exit_code = 2
+        STATE.settings = None
+        gevent.spawn(environment.runner.quit)  # not from inside the runner's own start()
+        return
+    assert STATE.recorder is not None
+    if not STATE.settings or not STATE.settings.records_dir:
+        logger.warning("no --records-dir: per-request records are not written (Locust stats only)")
+    STATE.recorder.monitor.start()
+
+
+@events.test_stop.add_listener
+def _test_stop(environment: Any, **_: Any) -> None:
+    if STATE.recorder is not None:
+        STATE.recorder.monitor.stop()
+        logger.info(STATE.recorder.monitor.summary())
+        STATE.recorder.close()

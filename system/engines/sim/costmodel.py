@@ -1,0 +1,91 @@
+"""Roofline step-time model: one engine step = max(compute, memory) per TP shard + all-reduce + overhead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from system.engines.sim.profiles import Profile
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What one scheduler step computes, aggregated over the scheduled requests.
+
+    num_tokens: tokens computed this step (prefill chunk tokens + one per decoding sequence);
+    num_seqs: sequences in the step (each gets one LM-head row and, if caught up, one sampled token);
+    attn_pairs: sum over computed tokens of the context each attends to (query-key pairs per head/layer);
+    kv_read_tokens: sum over sequences of the KV entries read (context before + new tokens).
+    """
+
+    num_tokens: int
+    num_seqs: int
+    attn_pairs: float
+    kv_read_tokens: int
+
+
+@dataclass(frozen=True)
+class StepCost:
+    compute_s: float
+    memory_s: float
+    comm_s: float
+    overhead_s: float
+
+    @property
+    def total_s(self) -> float:
+        return max(self.compute_s, self.memory_s) + self.comm_s + self.overhead_s
+
+
+def step_cost(p: Profile, shape: BatchShape) -> StepCost:
+    """Cost of one step on profile `p`.
+
+    FLOPs  = 2·(P - 2·V·H)·T  (every linear layer, per computed token)
+           + 2·V·H·S          (LM head only for the last position of each sequence; embedding is a lookup)
+           + 4·L·(heads·d)·A  (QK^T and PV: 2 FLOPs per multiply-add, two matmuls, A = attention pairs)
+    Bytes  = weights (quantised size) + KV read (kv_read_tokens · kv_bytes_per_token) + KV written (T · same)
+    Each TP shard does 1/TP of both. compute = FLOPs/TP / (peak · compute_eff);
+    memory = Bytes/TP / (HBM bw · memory_eff).
+    All-reduce (TP > 1): 2 per layer (after attention and after the MLP) of T·hidden bf16 values, ring
+    algorithm: 2·(TP-1)/TP · bytes / (NVLink per-direction bw · comm_eff) + a fixed latency each.
+    """
+    m, hw, tp = p.model, p.hardware, p.tp
+    linear_params = m.params - m.embedding_params
+    flops = (
+        2.0 * linear_params * shape.num_tokens
+        + 2.0 * m.vocab * m.hidden * shape.num_seqs
+        + 4.0 * m.layers * m.heads * m.head_dim * shape.attn_pairs
+    )
+    kv_bytes = p.kv_bytes_per_token * (shape.kv_read_tokens + shape.num_tokens)
+    mem_bytes = p.weight_bytes + kv_bytes
+    compute_s = flops / tp / (hw.bf16_tflops * 1e12 * p.compute_eff)
+    memory_s = mem_bytes / tp / (hw.hbm_gbs * 1e9 * p.memory_eff)
+    comm_s = 0.0
+    if tp > 1:
+        msg = shape.num_tokens * m.hidden * 2.0
+        per_ar = 2.0 * (tp - 1) / tp * msg / (hw.nvlink_gbs * 1e9 * p.comm_eff) + p.allreduce_latency_s
+        comm_s = 2 * m.layers * per_ar
+    return StepCost(compute_s, memory_s, comm_s, p.step_overhead_s)
+
+
+def step_time_s(p: Profile, shape: BatchShape) -> float:
+    return step_cost(p, shape).total_s
+
+
+def decode_shape(batch: int, context: int) -> BatchShape:
+    """`batch` sequences each decoding one token with `context` tokens already cached."""
+    return BatchShape(
+        num_tokens=batch, num_seqs=batch, attn_pairs=float(batch * (context + 1)), kv_read_tokens=batch * context
+    )
+
+
+def prefill_shape(tokens: int, already: int = 0) -> BatchShape:
+    """One sequence computing `tokens` new prompt tokens after `already` cached ones (causal attention)."""
+    pairs = tokens * already + tokens * (tokens + 1) / 2.0
+    return BatchShape(num_tokens=tokens, num_seqs=1, attn_pairs=pairs, kv_read_tokens=already)
+
+
+def decode_step_s(p: Profile, batch: int, context: int) -> float:
+    return step_time_s(p, decode_shape(batch, context))
+
+
+def prefill_step_s(p: Profile, tokens: int) -> float:
+    return step_time_s(p, prefill_shape(tokens))

@@ -1,0 +1,315 @@
+"""Simulator profiles: GPU and model specs (every constant cited) combined into named serving profiles."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One GPU. Peak figures are datasheet numbers; the cost model applies efficiency factors on top."""
+
+    name: str
+    bf16_tflops: float  # dense BF16 tensor-core peak (no sparsity)
+    hbm_gbs: float  # HBM bandwidth, GB/s (1e9 bytes)
+    memory_bytes: int  # total device memory as CUDA sees it
+    nvlink_gbs: float  # NVLink bandwidth per direction per GPU, GB/s
+    source: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer as the cost model needs it (all from the model's config.json)."""
+
+    name: str
+    params: float  # total parameters
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    max_position: int
+    source: str
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V, every layer, bf16 KV cache (vLLM's default kv_cache_dtype="auto" keeps bf16)."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * 2
+
+    @property
+    def embedding_params(self) -> float:
+        """Input embedding + untied LM head (Llama-3 does not tie them)."""
+        return 2.0 * self.vocab * self.hidden
+
+
+# Datasheet numbers. H100: "NVIDIA H100 Tensor Core GPU" datasheet (SXM5 column): BF16 1,979 TFLOPS *with
+# sparsity* -> 989.5 dense, 3.35 TB/s HBM3, 80 GB, NVLink 900 GB/s (bidirectional total -> 450 per direction).
+# A100: "NVIDIA A100 Tensor Core GPU" datasheet (80GB SXM column): BF16 312 TFLOPS dense, 2,039 GB/s HBM2e,
+# 80 GB, NVLink 600 GB/s (-> 300 per direction). Memory sizes are the totals nvidia-smi reports
+# (H100 80GB HBM3: 81,559 MiB; A100-SXM4-80GB: 81,920 MiB), which is what gpu_memory_utilization multiplies.
+H100_SXM = Hardware(
+    name="H100-SXM-80GB",
+    bf16_tflops=989.5,
+    hbm_gbs=3350.0,
+    memory_bytes=81559 * MIB,
+    nvlink_gbs=450.0,
+    source="NVIDIA H100 datasheet (SXM5): 989.5 dense BF16 TFLOPS, 3.35 TB/s, 80 GB, NVLink 900 GB/s bidir",
+)
+A100_SXM = Hardware(
+    name="A100-SXM4-80GB",
+    bf16_tflops=312.0,
+    hbm_gbs=2039.0,
+    memory_bytes=81920 * MIB,
+    nvlink_gbs=300.0,
+    source="NVIDIA A100 datasheet (80GB SXM): 312 dense BF16 TFLOPS, 2,039 GB/s, 80 GB, NVLink 600 GB/s bidir",
+)
+# A made-up small GPU for the `debug` profile: numbers chosen so steps take tens of ms, not realistic.
+DEBUG_GPU = Hardware(
+    name="debug-gpu",
+    bf16_tflops=10.0,
+    hbm_gbs=1000.0,
+    memory_bytes=2 * GIB,
+    nvlink_gbs=100.0,
+    source="synthetic (debug profile)",
+)
+
+# meta-llama/Meta-Llama-3-8B and -70B config.json (hidden_size, num_hidden_layers, num_attention_heads,
+# num_key_value_heads, vocab_size=128256, max_position_embeddings=8192); parameter counts from the model cards
+# (8.03 B, 70.6 B). head_dim = hidden_size / num_attention_heads = 128.
+LLAMA3_8B = ModelSpec(
+    name="Llama-3-8B",
+    params=8.03e9,
+    layers=32,
+    hidden=4096,
+    heads=32,
+    kv_heads=8,
+    head_dim=128,
+    vocab=128256,
+    max_position=8192,
+    source="meta-llama/Meta-Llama-3-8B config.json + model card (8.03 B params)",
+)
+LLAMA3_70B = ModelSpec(
+    name="Llama-3-70B",
+    params=70.6e9,
+    layers=80,
+    hidden=8192,
+    heads=64,
+    kv_heads=8,
+    head_dim=128,
+    vocab=128256,
+    max_position=8192,
+    source="meta-llama/Meta-Llama-3-70B config.json + model card (70.6 B params)",
+)
+TINY = ModelSpec(
+    name="tiny-debug",
+    params=1.0e8,
+    layers=4,
+    hidden=512,
+    heads=8,
+    kv_heads=4,
+    head_dim=64,
+    vocab=1000,
+    max_position=4096,
+    source="synthetic (debug profile)",
+)
+
+# 4-bit AWQ/GPTQ (W4A16, group size 128): every linear layer stores 4-bit weights plus one fp16 scale and one
+# packed 4-bit zero point per 128 weights -> 4 + (16 + 4) / 128 ≈ 4.16 bits per weight; embeddings and the
+# LM head stay bf16 (AutoAWQ / GPTQ defaults). Resulting sizes (8B ≈ 5.7 GB, 70B ≈ 40 GB) match the published
+# AWQ checkpoints of Llama-3 to within a few per cent.
+QUANT_BITS = {"bf16": 16.0, "awq": 4.0 + 20.0 / 128.0}
+
+# Efficiency assumptions (fractions of datasheet peak). These are NOT measured here; they are typical
+# published serving figures and are the knobs `expert-router calibrate` fits to real vLLM runs:
+#  - compute: large bf16 GEMMs in prefill reach ~60 % of peak in vLLM (MFU figures reported for
+#    prefill-heavy serving are 40-70 %);
+#  - memory: decode GEMV/attention kernels stream weights at ~80 % of HBM peak;
+#  - per-step fixed overhead: scheduler + sampling + kernel launches not hidden by CUDA graphs, ~1.5 ms in
+#    vLLM V1 on Hopper; A100 hosts are typically older CPUs -> 2 ms;
+#  - all-reduce: ring all-reduce at 70 % of NVLink per-direction bandwidth plus ~10 us latency each
+#    (vLLM custom all-reduce / NCCL small-message latency on NVLink is 5-15 us).
+DEFAULT_COMPUTE_EFF = 0.60
+DEFAULT_MEMORY_EFF = 0.80
+DEFAULT_COMM_EFF = 0.70
+DEFAULT_ALLREDUCE_LATENCY_S = 10e-6
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A served model on some GPUs: everything the scheduler and the cost model need."""
+
+    name: str
+    hardware: Hardware
+    model: ModelSpec
+    quant: str = "bf16"
+    tp: int = 1
+    gpu_memory_utilization: float = 0.90  # vLLM default
+    non_kv_reserve_bytes: int = 3 * GIB  # per GPU: activations + CUDA graphs + NCCL buffers (assumed)
+    block_size: int = 16  # vLLM default block size on CUDA
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 8192
+    compute_eff: float = DEFAULT_COMPUTE_EFF
+    memory_eff: float = DEFAULT_MEMORY_EFF
+    comm_eff: float = DEFAULT_COMM_EFF
+    allreduce_latency_s: float = DEFAULT_ALLREDUCE_LATENCY_S
+    step_overhead_s: float = 0.0015
+    # output length when a request does not force it: lognormal with this median and sigma (tokens)
+    output_len_median: float = 128.0
+    output_len_sigma: float = 1.0
+    description: str = ""
+
+    @property
+    def weight_bytes(self) -> float:
+        """Weight bytes over all GPUs: quantised linear layers + bf16 embeddings/LM head."""
+        m = self.model
+        linear = m.params - m.embedding_params
+        return linear * QUANT_BITS[self.quant] / 8.0 + m.embedding_params * 2.0
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.model.kv_bytes_per_token
+
+    @property
+    def kv_cache_bytes(self) -> float:
+        """KV cache over all GPUs: (memory * utilisation - weights shard - reserve) per GPU, times TP."""
+        per_gpu = (
+            self.hardware.memory_bytes * self.gpu_memory_utilization
+            - self.weight_bytes / self.tp
+            - self.non_kv_reserve_bytes
+        )
+        return per_gpu * self.tp
+
+    @property
+    def num_blocks(self) -> int:
+        """KV blocks (of block_size tokens) that fit; 0 when the weights alone do not fit."""
+        kv = self.kv_cache_bytes
+        if kv <= 0:
+            return 0
+        return int(kv // (self.kv_bytes_per_token * self.block_size))
+
+    def problems(self) -> list[str]:
+        """Why this profile cannot be served (empty list: it can). Mirrors vLLM's start-up checks."""
+        out: list[str] = []
+        if self.model.heads % self.tp or self.model.kv_heads % self.tp:
+            out.append(f"TP={self.tp} does not divide the attention heads ({self.model.heads}/{self.model.kv_heads})")
+        if self.max_model_len > self.model.max_position:
+            out.append(f"max_model_len {self.max_model_len} > model context {self.model.max_position}")
+        if self.kv_cache_bytes <= 0:
+            need = self.weight_bytes / self.tp / GIB
+            have = self.hardware.memory_bytes * self.gpu_memory_utilization / GIB
+            out.append(
+                f"weights need {need:.1f} GiB per GPU (+{self.non_kv_reserve_bytes / GIB:.0f} GiB reserve) but "
+                f"only {have:.1f} GiB are usable at gpu_memory_utilization={self.gpu_memory_utilization}"
+            )
+        elif self.num_blocks * self.block_size < self.max_model_len:
+            out.append(
+                f"KV cache holds {self.num_blocks * self.block_size} tokens < max_model_len {self.max_model_len}"
+            )
+        return out
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems()
+
+    def with_overrides(self, **kw: object) -> Profile:
+        """A copy with some fields changed (CLI overrides); None values are ignored."""
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """One line for `--list-profiles`."""
+        if not self.fits:
+            return f"{self.name:28s} DOES NOT FIT: {'; '.join(self.problems())}"
+        from system.engines.sim.costmodel import decode_step_s  # local: avoids an import cycle
+
+        kv_tokens = self.num_blocks * self.block_size
+        itl1 = decode_step_s(self, batch=1, context=1024) * 1e3
+        itl64 = decode_step_s(self, batch=64, context=1024) * 1e3
+        return (
+            f"{self.name:28s} {self.model.name} {self.quant} on {self.tp}x {self.hardware.name}: "
+            f"weights {self.weight_bytes / 1e9:.1f} GB, KV {kv_tokens:,} tokens, "
+            f"max_num_seqs {self.max_num_seqs}, batched tokens {self.max_num_batched_tokens}, "
+            f"decode step @1k ctx: {itl1:.1f} ms (batch 1), {itl64:.1f} ms (batch 64)"
+        )
+
+
+def _vllm_batch_defaults(hw: Hardware) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) vLLM picks for its OpenAI server on this GPU.
+
+    vllm/engine/arg_utils.py EngineArgs.get_batch_defaults: >= 70 GiB and not an A100 -> 8192 / 1024,
+    otherwise 2048 / 256 (A100 excluded on purpose, vLLM PR #17885).
+    """
+    if hw.memory_bytes >= 70 * GIB and "A100" not in hw.name:
+        return 8192, 1024
+    return 2048, 256
+
+
+def _build_registry() -> dict[str, Profile]:
+    reg: dict[str, Profile] = {}
+    models = {"llama3-8b": LLAMA3_8B, "llama3-70b": LLAMA3_70B}
+    gpus = {"h100": (H100_SXM, 0.0015), "a100": (A100_SXM, 0.0020)}
+    for mkey, model in models.items():
+        for quant in ("bf16", "awq"):
+            for gkey, (hw, overhead) in gpus.items():
+                tokens, seqs = _vllm_batch_defaults(hw)
+                for tp in (1, 2, 4, 8):
+                    name = f"{mkey}-{quant}-{gkey}-tp{tp}"
+                    reg[name] = Profile(
+                        name=name,
+                        hardware=hw,
+                        model=model,
+                        quant=quant,
+                        tp=tp,
+                        max_num_seqs=seqs,
+                        max_num_batched_tokens=tokens,
+                        max_model_len=model.max_position,
+                        step_overhead_s=overhead,
+                        description=f"{model.name} {quant} on {tp}x {hw.name}",
+                    )
+    # `debug`: steps of ~20 ms so TTFT and inter-token gaps are tens of ms and easy to assert in tests;
+    # large max_num_seqs so one process can hold ~1,000 concurrent streams in the benchmark.
+    reg["debug"] = Profile(
+        name="debug",
+        hardware=DEBUG_GPU,
+        model=TINY,
+        quant="bf16",
+        tp=1,
+        gpu_memory_utilization=0.9,
+        non_kv_reserve_bytes=128 * MIB,
+        max_num_seqs=1024,
+        max_num_batched_tokens=8192,
+        max_model_len=4096,
+        compute_eff=1.0,
+        memory_eff=1.0,
+        comm_eff=1.0,
+        step_overhead_s=0.020,
+        output_len_median=32.0,
+        output_len_sigma=0.5,
+        description="tiny synthetic model: ~20 ms steps (tests, demos, benchmarks)",
+    )
+    return reg
+
+
+PROFILES: dict[str, Profile] = _build_registry()
+
+
+class UnknownProfileError(KeyError):
+    """No profile by that name."""
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        close = [n for n in PROFILES if name.split("-")[0] in n][:8]
+        hint = f" (did you mean: {', '.join(close)})" if close else ""
+        raise UnknownProfileError(f"unknown sim profile {name!r}{hint}; see `expert-router sim --list-profiles`") from None
+
+
+def blocks_for(tokens: int, block_size: int) -> int:
+    return math.ceil(tokens / block_size)

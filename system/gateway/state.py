@@ -1,0 +1,102 @@
+"""`Gateway`: everything one app owns (pool, shared upstream session, classifier, policy, metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from system.gateway.config import CLASSIFYING_POLICIES, GatewayConfig, PolicyConfig
+from system.gateway.metrics import GatewayMetrics
+from system.gateway.policies import Classifier, Policy, build_policy
+from system.gateway.pool import ExpertPool, check_once, health_loop
+
+log = logging.getLogger("expert_router.gateway")
+
+ADMIN_TOKEN_ENV = "EXPERT_ROUTER_ADMIN_TOKEN"
+ClassifierLoader = Callable[[Path], Classifier]
+
+
+def load_prompt_classifier(path: Path) -> Classifier:
+    """Default loader: the skops-saved PromptClassifier (imported lazily: sklearn is slow to import)."""
+    from system.classifier import PromptClassifier
+
+    return PromptClassifier.load(path)
+
+
+class Gateway:
+    """Per-app state. Created by `create_app`, started and stopped by its lifespan."""
+
+    def __init__(self, cfg: GatewayConfig, classifier_loader: ClassifierLoader | None = None) -> None:
+        self.cfg = cfg
+        self.limits = cfg.limits
+        self.pool = ExpertPool(cfg.experts, cfg.breaker)
+        self.metrics = GatewayMetrics(self.pool)
+        self.classifier_loader = classifier_loader or load_prompt_classifier
+        self.classifier: Classifier | None = None
+        self.classifier_path: Path | None = cfg.classifier
+        self.policy_cfg: PolicyConfig = cfg.policy
+        self.policy: Policy | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.in_flight = 0
+        self.admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.classifier_path is not None:
+            # loading unpickles nothing (skops) but still takes ~100 ms: keep the loop free
+            self.classifier = await asyncio.to_thread(self.classifier_loader, self.classifier_path)
+        self.policy = build_policy(self.policy_cfg, self.cfg, self.pool, self.classifier)
+        lim = self.limits
+        connector = aiohttp.TCPConnector(
+            limit=lim.upstream_connections,
+            limit_per_host=0,
+            keepalive_timeout=30.0,
+            ttl_dns_cache=None,  # experts are fixed addresses: resolve once
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=lim.connect_timeout_s, sock_read=lim.read_timeout_s
+            ),
+            auto_decompress=False,  # bytes are relayed unchanged, Content-Encoding included
+            skip_auto_headers=("User-Agent",),
+            raise_for_status=False,
+        )
+        # one synchronous round so experts that are down at start are known before the first request
+        await check_once(self.session, self.pool, self.cfg.health)
+        self._health_task = asyncio.create_task(health_loop(self.session, self.pool, self.cfg.health))
+
+    async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        if self.session is not None:
+            await self.session.close()
+
+    async def reload_classifier(self, path: Path | None = None) -> dict[str, object]:
+        """Load a classifier (default: the configured one) and rebuild the policy against its k."""
+        target = path or self.classifier_path
+        if target is None:
+            raise ValueError('no classifier path configured; pass {"path": ...}')
+        if not Path(target).is_dir():
+            raise ValueError(f"classifier directory not found: {target}")
+        clf = await asyncio.to_thread(self.classifier_loader, Path(target))
+        policy = build_policy(self.policy_cfg, self.cfg, self.pool, clf)  # validates cluster_map vs k first
+        self.classifier, self.classifier_path, self.policy = clf, Path(target), policy
+        log.warning("classifier reloaded from %s (k=%s)", target, clf.k)
+        return {"classifier": str(target), "k": int(clf.k), "policy": policy.kind}
+
+    def set_policy(self, cfg: PolicyConfig) -> dict[str, object]:
+        if cfg.kind in CLASSIFYING_POLICIES and self.classifier is None:
+            raise ValueError(f"policy {cfg.kind!r} needs a classifier; reload one first")
+        self.policy = build_policy(cfg, self.cfg, self.pool, self.classifier)
+        self.policy_cfg = cfg
+        log.warning("policy switched to %s", cfg.kind)
+        return {"policy": cfg.model_dump()}

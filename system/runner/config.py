@@ -1,0 +1,240 @@
+"""Experiment YAML models: configurations (routed | single), workload, user steps, Locust, SLOs, telemetry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from system.config import StrictModel, load_yaml_model
+from system.engines.base import EngineSpec
+
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+CLASSIFYING_POLICIES = {"cluster", "cluster_spill"}
+
+
+def _slug(v: str, what: str) -> str:
+    # names become directory names and URL path parts: keep them boring
+    if not _SLUG.match(v):
+        raise ValueError(f"{what} {v!r} must match {_SLUG.pattern} (letters, digits, _ . -)")
+    return v
+
+
+class WorkloadSpec(StrictModel):
+    """Prompt source, as `system.workload.load_prompts` takes it (see docs/CONTRACTS.md)."""
+
+    kind: str = "labelled"  # labelled | sharegpt | synthetic (any registered source)
+    n: int = Field(default=1000, ge=1)
+    seed: int | None = Field(default=None, ge=0)  # default: the experiment seed
+    path: str | None = None  # sharegpt JSON
+    prompt_tokens: int | None = Field(default=None, ge=1)  # synthetic
+    output_tokens: int | None = Field(default=None, ge=1)  # synthetic
+    distribution: Literal["fixed", "uniform"] | None = None  # synthetic
+    options: dict[str, Any] = Field(default_factory=dict)  # any other option of the source
+
+    def to_spec(self, default_seed: int) -> dict[str, Any]:
+        """The `load_prompts` spec: flat, unset options left to the source's defaults."""
+        spec = self.model_dump(exclude_none=True, exclude={"options"})
+        spec.update(self.options)
+        spec.setdefault("seed", default_seed)
+        return spec
+
+
+class LocustSpec(StrictModel):
+    """How the load generator runs (Locust headless in a subprocess, constant users per step)."""
+
+    processes: int = Field(
+        default=1, ge=1
+    )  # `--processes N`: one Locust saturates near 1,000 streams on 2 cores
+    extra_args: list[str] = Field(default_factory=list)  # appended to the locust command line
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class SLOs(StrictModel):
+    """Per-request service-level objectives; a request meeting all set ones counts toward goodput."""
+
+    ttft_ms: float | None = Field(default=None, gt=0)
+    tpot_ms: float | None = Field(default=None, gt=0)
+    e2e_ms: float | None = Field(default=None, gt=0)
+
+
+class ClassifierSpec(StrictModel):
+    """A classifier to train into the run directory (or `path` to a trained one)."""
+
+    path: str | None = None  # an existing classifier directory: no training
+    k: int | None = Field(default=None, ge=2)  # default: number of experts
+    train_n: int = Field(default=2000, ge=2)
+    svd_components: int | None = Field(default=None, ge=0)  # default: the classifier's; 0 = no SVD
+    # training prompts; default: the experiment workload with n=train_n and seed+1 (unseen test prompts)
+    workload: WorkloadSpec | None = None
+
+
+class GatewaySpec(StrictModel):
+    """The routing gateway in front of the experts (`expert-router gateway --config ...`)."""
+
+    policy: dict[str, Any] = Field(default_factory=dict)  # {kind: cluster|cluster_spill|single|..., options}
+    classifier: ClassifierSpec | None = None
+    # any other gateway YAML keys (limits, timeouts, ...) passed through unchanged
+    extra: dict[str, Any] = Field(default_factory=dict)
+    startup_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_kind(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v and not isinstance(v.get("kind"), str):
+            raise ValueError(
+                "policy needs a string `kind` (cluster, cluster_spill, single, round_robin, ...)"
+            )
+        return v
+
+
+class ExpertSpec(StrictModel):
+    name: str
+    engine: EngineSpec
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _slug(v, "expert name")
+
+
+class Configuration(StrictModel):
+    """One arm of the comparison: `routed` (N experts behind the gateway) or `single` (one engine)."""
+
+    name: str
+    topology: Literal["routed", "single"]
+    experts: list[ExpertSpec] = Field(min_length=1)
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+    # single only: also go through the gateway (policy `single`) so both arms pay the same proxy hop
+    via_gateway: bool = True
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _slug(v, "configuration name")
+
+    @model_validator(mode="after")
+    def _check(self) -> Configuration:
+        names = [e.name for e in self.experts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"expert names must be unique in configuration {self.name!r}: {names}")
+        if self.topology == "single" and len(self.experts) != 1:
+            raise ValueError(
+                f"single topology {self.name!r} takes exactly one expert, got {len(self.experts)}"
+            )
+        if self.topology == "routed" and not self.via_gateway:
+            raise ValueError(f"routed topology {self.name!r} needs the gateway (via_gateway: true)")
+        if not self.gateway.policy:
+            kind = "cluster" if self.topology == "routed" else "single"
+            self.gateway.policy = {"kind": kind}
+        if self.needs_classifier and self.gateway.classifier is None:
+            self.gateway.classifier = ClassifierSpec()
+        used: dict[int, str] = {}
+        for e in self.experts:
+            for g in getattr(e.engine, "gpus", []):
+                if g in used:
+                    raise ValueError(f"GPU {g} is given to both {used[g]!r} and {e.name!r} in {self.name!r}")
+                used[g] = e.name
+        return self
+
+    @property
+    def uses_gateway(self) -> bool:
+        return self.topology == "routed" or self.via_gateway
+
+    @property
+    def needs_classifier(self) -> bool:
+        return self.uses_gateway and self.gateway.policy.get("kind") in CLASSIFYING_POLICIES
+
+
+class TelemetrySpec(StrictModel):
+    scrape_interval_s: float = Field(default=1.0, gt=0)  # Prometheus /metrics of engines + gateway
+    gpu_interval_s: float = Field(default=1.0, gt=0)  # NVML
+    procs_interval_s: float = Field(default=1.0, gt=0)  # CPU / RSS of our server processes
+    scrape_timeout_s: float = Field(default=0.8, gt=0)
+
+
+class ExperimentConfig(StrictModel):
+    """An experiment file (see docs/EXPERIMENTS.md)."""
+
+    name: str
+    description: str = ""
+    seed: int = 0
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    users: list[int] = Field(min_length=1)
+    step_duration_s: float = Field(gt=0)
+    warmup_s: float = Field(default=0.0, ge=0)
+    # users spawned per second: one number, a {users: rate} map, or unset = all users within half the warm-up
+    spawn_rate: float | dict[int, float] | None = None
+    cooldown_s: float = Field(default=2.0, ge=0)  # idle gap between steps so queues drain
+    repetitions: int = Field(default=1, ge=1)
+    locust: LocustSpec = Field(default_factory=LocustSpec)
+    slos: SLOs = Field(default_factory=SLOs)
+    telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
+    configurations: list[Configuration] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _slug(v, "experiment name")
+
+    @field_validator("users")
+    @classmethod
+    def _users(cls, v: list[int]) -> list[int]:
+        if any(u < 1 for u in v) or len(set(v)) != len(v):
+            raise ValueError(f"users must be distinct positive integers, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        if self.warmup_s >= self.step_duration_s:
+            raise ValueError(f"warmup_s ({self.warmup_s}) must be shorter than step_duration_s")
+        names = [c.name for c in self.configurations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"configuration names must be unique: {names}")
+        if isinstance(self.spawn_rate, dict):
+            missing = [u for u in self.users if u not in self.spawn_rate]
+            if missing:
+                raise ValueError(f"spawn_rate map has no rate for users {missing}")
+            if any(r <= 0 for r in self.spawn_rate.values()):
+                raise ValueError("spawn rates must be > 0")
+        elif self.spawn_rate is not None and self.spawn_rate <= 0:
+            raise ValueError("spawn_rate must be > 0")
+        return self
+
+    def spawn_rate_for(self, users: int) -> float:
+        if isinstance(self.spawn_rate, dict):
+            return float(self.spawn_rate[users])
+        if self.spawn_rate is not None:
+            return float(self.spawn_rate)
+        # everyone is in before the measured window starts
+        return float(max(1.0, users / max(self.warmup_s / 2, 0.5)))
+
+    def select(self, only: list[str] | None) -> list[Configuration]:
+        if not only:
+            return list(self.configurations)
+        known = {c.name for c in self.configurations}
+        unknown = [n for n in only if n not in known]
+        if unknown:
+            raise ValueError(f"--only {unknown}: no such configuration; known: {sorted(known)}")
+        return [c for c in self.configurations if c.name in only]
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully defaulted config as plain JSON data (what the manifest records)."""
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """Hash of the resolved config minus the sweep lists, to detect a changed config on resume."""
+        data = self.resolved()
+        for key in ("users", "repetitions", "configurations", "description"):
+            data.pop(key, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment YAML file (raises ConfigError with one line per problem)."""
+    return load_yaml_model(path, ExperimentConfig)

@@ -1,0 +1,69 @@
+"""`--dry-run`: the plan of an experiment (configurations, servers and their commands, steps) as text."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from system.runner.config import ExperimentConfig
+from system.runner.runner import plan_steps
+from system.runner.stack import plan_stack
+from system.runner.steps import is_complete, locust_arguments
+from system.runner.training import classifier_plan
+
+# seconds per step beyond its duration: Locust start/stop and record summary (measured: ~2-4 s on 2 cores)
+STEP_OVERHEAD_S = 4.0
+
+
+def _cmd(cmd: list[str], env: dict[str, str]) -> str:
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return (prefix + " " if prefix else "") + shlex.join(cmd)
+
+
+def describe_plan(cfg: ExperimentConfig, run_dir: Path, only: list[str] | None = None) -> str:
+    """Human-readable plan; nothing is started. Ports shown are examples (free ones are picked later)."""
+    confs = cfg.select(only)
+    lines = [
+        f"experiment {cfg.name} -> {run_dir}",
+        f"  workload {cfg.workload.to_spec(cfg.seed)}",
+        f"  users {cfg.users} x {cfg.repetitions} repetition(s); step {cfg.step_duration_s:g} s "
+        f"(warm-up {cfg.warmup_s:g} s, cool-down {cfg.cooldown_s:g} s); "
+        f"Locust processes {cfg.locust.processes}",
+        f"  SLOs {cfg.slos.model_dump(exclude_none=True) or 'none'}",
+    ]
+    total_pending = 0
+    for conf in confs:
+        steps = plan_steps(cfg, conf, run_dir)
+        pending = [s for s in steps if not is_complete(s.dir)]
+        total_pending += len(pending)
+        via = "via gateway" if conf.uses_gateway else "direct to the engine"
+        lines.append(f"configuration {conf.name}: {conf.topology}, {len(conf.experts)} expert(s), {via}")
+        if conf.uses_gateway:
+            lines.append(f"  policy {conf.gateway.policy}")
+        clf = classifier_plan(cfg, conf)
+        if clf:
+            lines.append(f"  classifier {clf}")
+        ports = [*range(9001, 9001 + len(conf.experts)), 8000]
+        servers = plan_stack(
+            conf, seed=cfg.seed, ports=ports, gateway_config_path=run_dir / conf.name / "gateway.yaml"
+        )
+        for s in servers:
+            lines.append(f"  {s.role} {s.name}: {_cmd(s.launch.cmd, s.launch.env)}")
+        target = next(s for s in servers if s.role == ("gateway" if conf.uses_gateway else "expert"))
+        workload, extra = locust_arguments(cfg, target.launch.served_model, 0)
+        lines.append(
+            f"  locust: host {target.launch.base_url}, workload {workload}, "
+            f"processes {cfg.locust.processes}, args {shlex.join(extra)}"
+        )
+        for s in steps:
+            state = "done" if s not in pending else "pending"
+            lines.append(
+                f"    users={s.users} rep={s.rep} spawn_rate={cfg.spawn_rate_for(s.users):g}/s  "
+                f"[{state}]  {s.dir}"
+            )
+    per_step = cfg.step_duration_s + STEP_OVERHEAD_S + cfg.cooldown_s
+    est = total_pending * per_step
+    lines.append(
+        f"{total_pending} step(s) to run, about {est / 60:.1f} min plus stack start-up per configuration"
+    )
+    return "\n".join(lines)
