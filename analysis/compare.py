@@ -104,6 +104,10 @@ def _x(v: float) -> str:
     return f"{v:.1f}×" if v >= 1 else f"{v:.2f}×"
 
 
+def _users(n: int) -> str:
+    return f"{n:,} user" if n == 1 else f"{n:,} users"
+
+
 def _num(v: float, unit: str, digits: int = 1) -> str:
     return "n/a" if not np.isfinite(v) else f"{v:,.{digits}f} {unit}"
 
@@ -111,6 +115,9 @@ def _num(v: float, unit: str, digits: int = 1) -> str:
 def findings(summary: pd.DataFrame, cmp: pd.DataFrame) -> list[str]:
     """Plain-English sentences computed from the summary and comparison (no fixed claims)."""
     out: list[str] = []
+    if not pairs(summary):
+        kinds = ", ".join(f"{c} ({t})" for c, t in summary[["config", "topology"]].drop_duplicates().values)
+        out.append(f"No routed/single pair to compare: the results hold only {kinds or 'no configuration'}.")
     for r, s in pairs(summary):
         c = cmp[(cmp["routed"] == r) & (cmp["single"] == s)].sort_values("users")
         if c.empty:
@@ -121,7 +128,7 @@ def findings(summary: pd.DataFrame, cmp: pd.DataFrame) -> list[str]:
         ra = summary[(summary["config"] == r) & (summary["users"] == u)].iloc[0]
         sb = summary[(summary["config"] == s) & (summary["users"] == u)].iloc[0]
         out.append(
-            f"At {u} users {r} served {_x(top['output_tps_x'])} the output tokens/s of {s} "
+            f"At {_users(u)} {r} served {_x(top['output_tps_x'])} the output tokens/s of {s} "
             f"({_num(ra['output_tps'], 'tok/s')} vs {_num(sb['output_tps'], 'tok/s')}) "
             f"at {_x(top['ttft_p99_x'])} its p99 TTFT ({_num(ra['ttft_p99_ms'], 'ms', 0)} vs "
             f"{_num(sb['ttft_p99_ms'], 'ms', 0)}) and {_x(top['e2e_p50_x'])} its median end-to-end latency."
@@ -130,27 +137,27 @@ def findings(summary: pd.DataFrame, cmp: pd.DataFrame) -> list[str]:
         won = [int(v) for v in c.loc[c["routed_wins"], "users"]]
         if x == NEVER:
             lead = f", although it led at {', '.join(map(str, won))} users" if won else ""
-            out.append(f"{r} never overtakes {s} in output tokens/s up to {u} users{lead}.")
+            out.append(f"{r} never overtakes {s} in output tokens/s up to {_users(u)}{lead}.")
         elif x == int(c["users"].iloc[0]):
             out.append(
                 f"{r} delivers more output tokens/s than {s} at every user count measured ({x} to {u})."
             )
         else:
-            out.append(f"{r} wins on output tokens/s from {x} users on.")
+            out.append(f"{r} wins on output tokens/s from {_users(int(x))} on.")
         if np.isfinite(ra["goodput_rps"]) and np.isfinite(sb["goodput_rps"]):
             out.append(
-                f"Goodput (requests/s meeting every SLO) at {u} users: "
+                f"Goodput (requests/s meeting every SLO) at {_users(u)}: "
                 f"{r} {_num(ra['goodput_rps'], 'req/s', 2)}, {s} {_num(sb['goodput_rps'], 'req/s', 2)}."
             )
         if np.isfinite(ra["expert_max_share"]) and ra["experts"] > 1:
             out.append(
-                f"Routing balance at {u} users: the busiest of {int(ra['experts'])} experts took "
+                f"Routing balance at {_users(u)}: the busiest of {int(ra['experts'])} experts took "
                 f"{ra['expert_max_share']:.0%} of {r}'s requests "
                 f"(coefficient of variation {ra['expert_cv']:.2f})."
             )
         if np.isfinite(ra["gpu_util_pct"]) and np.isfinite(sb["gpu_util_pct"]):
             out.append(
-                f"Mean GPU utilisation at {u} users: "
+                f"Mean GPU utilisation at {_users(u)}: "
                 f"{r} {ra['gpu_util_pct']:.0f} %, {s} {sb['gpu_util_pct']:.0f} %."
             )
     worst = summary[summary["error_rate"] > 0].sort_values("error_rate", ascending=False)
@@ -158,7 +165,7 @@ def findings(summary: pd.DataFrame, cmp: pd.DataFrame) -> list[str]:
         w = worst.iloc[0]
         out.append(
             f"Errors: {len(worst)} of {len(summary)} steps had failed requests; the worst, {w['config']} at "
-            f"{int(w['users'])} users, failed {w['error_rate']:.1%}."
+            f"{_users(int(w['users']))}, failed {w['error_rate']:.1%}."
         )
     else:
         out.append("No request failed in any measured window.")

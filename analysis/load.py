@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from system.records import FIELD_NAMES, read_records, record_files
+from system.records import FIELD_NAMES, RequestRecord, read_records, record_files
 
 KEYS = ["run_id", "config", "topology", "users", "rep"]
 STEP_GLOB = "*/users=*/rep=*"
@@ -139,10 +139,20 @@ def _with_keys(frame: pd.DataFrame, step: pd.Series, ts_col: str) -> pd.DataFram
     return frame
 
 
-def _tidy(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+_KEY_DTYPES = {"run_id": "object", "config": "object", "topology": "object", "users": "int64", "rep": "int64"}
+
+
+def _tidy(
+    frames: list[pd.DataFrame], columns: list[str], template: pd.DataFrame | None = None
+) -> pd.DataFrame:
     frames = [f for f in frames if len(f)]
     if not frames:
-        return pd.DataFrame(columns=[*KEYS, *columns, "in_window"])
+        # typed, so boolean masks on an empty table stay masks (an object-dtype mask would select columns)
+        empty = pd.DataFrame({k: pd.Series(dtype=t) for k, t in _KEY_DTYPES.items()})
+        body = template.iloc[0:0] if template is not None else pd.DataFrame(columns=columns)
+        df = pd.concat([empty, body.reset_index(drop=True)], axis=1)
+        df["in_window"] = pd.Series(dtype=bool)
+        return df
     df = pd.concat(frames, ignore_index=True)
     return df[[*KEYS, *[c for c in df.columns if c not in KEYS]]]
 
@@ -161,7 +171,8 @@ def load_runs(
     for _, step in steps.iterrows():
         recs = read_records(record_files(Path(step["step_dir"]) / "records"))
         frames.append(_with_keys(recs, step, "end_ts"))
-    return _tidy(frames, [*FIELD_NAMES, "source_file"])
+    template = pd.DataFrame([{**asdict(RequestRecord()), "source_file": ""}])
+    return _tidy(frames, [*FIELD_NAMES, "source_file"], template)
 
 
 def _load_csv(path: str | Path, name: str, complete_only: bool, steps: pd.DataFrame | None) -> pd.DataFrame:

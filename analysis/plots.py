@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -40,7 +41,9 @@ def _save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.svg"]
     fig.savefig(paths[0], dpi=110)
-    fig.savefig(paths[1], metadata={"Date": None})  # no timestamp: same data -> same file
+    # fixed id salt and no timestamp: the same data gives the same SVG bytes (diffable reference results)
+    with matplotlib.rc_context({"svg.hashsalt": "expert-router"}):
+        fig.savefig(paths[1], metadata={"Date": None})
     return paths
 
 

@@ -47,7 +47,10 @@ class _Answer:
         "t_first",
     )
 
-    def __init__(self, conn: _Conn, n: int, kind: str, include_usage: bool, prompt_tokens: int) -> None:
+    def __init__(
+        self, conn: _Conn, n: int, kind: str, include_usage: bool, prompt_tokens: int, model: str
+    ) -> None:
+        self.model = model  # echoed like a server that serves any name, so tests can see rewrites
         self.conn, self.n, self.kind, self.include_usage, self.prompt_tokens = (
             conn,
             n,
@@ -73,7 +76,7 @@ class _Answer:
             "id": "fake-1",
             "object": obj,
             "created": self.created,
-            "model": self.conn.up.model,
+            "model": self.model,
             "choices": [choice],
         }
         return b"data: " + json.dumps(ev, separators=(",", ":")).encode() + b"\n\n"
@@ -119,12 +122,12 @@ class _Answer:
         fin: dict[str, Any] = {
             "id": "fake-1",
             "object": "chunk",
-            "model": self.conn.up.model,
+            "model": self.model,
             "choices": [choice],
         }
         parts = [fin]
         if self.include_usage:
-            parts.append({"id": "fake-1", "object": "chunk", "model": self.conn.up.model, "choices": []})
+            parts.append({"id": "fake-1", "object": "chunk", "model": self.model, "choices": []})
             parts[-1]["usage"] = self.usage()
         parts[-1]["sim_timing"] = self.timing()
         return b"".join(b"data: " + json.dumps(p).encode() + b"\n\n" for p in parts) + b"data: [DONE]\n\n"
@@ -144,7 +147,7 @@ class _Answer:
             "id": "fake-1",
             "object": "chat.completion" if self.kind == "chat" else "text_completion",
             "created": self.created,
-            "model": self.conn.up.model,
+            "model": self.model,
             "choices": [choice],
             "usage": self.usage(),
             "sim_timing": self.timing(),
@@ -262,7 +265,8 @@ class _Conn(asyncio.Protocol):
         else:
             text = str(req.get("prompt", ""))
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-        a = _Answer(self, n, "chat" if chat else "text", include_usage, count_tokens(text))
+        model = req.get("model") if isinstance(req.get("model"), str) else self.up.model
+        a = _Answer(self, n, "chat" if chat else "text", include_usage, count_tokens(text), model)
         self.up.running += 1
         self.up.total += 1
         self.answer = a

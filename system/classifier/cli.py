@@ -43,14 +43,17 @@ def _open(directory: Path) -> Any:
 def _summary(card: dict[str, Any]) -> str:
     scores = card.get("scores") or {}
     lines = [
-        f"k={card['k']}  n_train={card['n_train']}  svd={card.get('svd_components')}  seed={card.get('seed')}",
+        f"k={card['k']}  n_train={card['n_train']}  svd={card.get('svd_components')}  "
+        f"seed={card.get('seed')}",
         f"cluster sizes: {card['cluster_sizes']}",
         f"silhouette: {card.get('silhouette')}  (sample {card.get('silhouette_sample')})",
     ]
     if scores:
         lines.append(f"vs labels: ARI={scores['ari']}  NMI={scores['nmi']}  purity={scores['purity']}")
     for c in card.get("clusters", []):
-        label = f"  majority={c['majority_label']} ({c['majority_share']:.0%})" if "majority_label" in c else ""
+        label = (
+            f"  majority={c['majority_label']} ({c['majority_share']:.0%})" if "majority_label" in c else ""
+        )
         lines.append(f"  cluster {c['id']}: {c['size']} prompts{label}  terms: {', '.join(c['top_terms'])}")
     for note in card.get("notes") or []:
         lines.append(f"note: {note}")
@@ -76,7 +79,9 @@ def classifier() -> None:
 @classifier.command()
 @click.option("--workload", type=click.Choice(WORKLOADS), required=True, help="Prompt source to train on.")
 @click.option("--k", "k", type=click.IntRange(min=1), required=True, help="Number of clusters (= experts).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output directory.")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output directory."
+)
 @n_option
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(
@@ -100,7 +105,11 @@ def train(workload: str, k: int, out: Path, n: int, seed: int, svd: int | None, 
         raise click.UsageError(f"--k {k} is larger than the {len(prompts)} prompts the workload yielded")
     try:
         clf = PromptClassifier.train(
-            prompts, k, svd_components=DEFAULT_SVD_COMPONENTS if svd is None else svd, seed=seed, workload=spec
+            prompts,
+            k,
+            svd_components=DEFAULT_SVD_COMPONENTS if svd is None else svd,
+            seed=seed,
+            workload=spec,
         )
     except ValueError as e:
         raise click.UsageError(str(e)) from e
@@ -113,7 +122,9 @@ def train(workload: str, k: int, out: Path, n: int, seed: int, svd: int | None, 
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @workload_option
 @click.option("--n", "n", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Sample seed [default: training seed + 1].")
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=None, help="Sample seed [default: training seed + 1]."
+)
 @dataset_option
 @click.option("--json", "as_json", is_flag=True, help="Print the card (and scores) as JSON.")
 def eval_(
@@ -150,7 +161,9 @@ def eval_(
     if "sample" in result:
         s = result["sample"]
         click.echo(f"fresh sample ({s['workload']['kind']}, n={s['n']}, seed={s['workload']['seed']}):")
-        click.echo(f"  cluster sizes: {s['cluster_sizes']}  fast path == sklearn: {s['fast_path_agreement']:.2%}")
+        click.echo(
+            f"  cluster sizes: {s['cluster_sizes']}  fast path == sklearn: {s['fast_path_agreement']:.2%}"
+        )
         if "scores" in s:
             sc = s["scores"]
             click.echo(f"  vs labels: ARI={sc['ari']}  NMI={sc['nmi']}  purity={sc['purity']}")

@@ -1,4 +1,4 @@
-"""Single-prompt inference from a fitted TF-IDF -> [SVD -> l2] -> KMeans pipeline, without sklearn overhead."""
+"""Single-prompt inference from a fitted TF-IDF -> [SVD -> l2] -> KMeans pipeline without sklearn overhead."""
 
 from __future__ import annotations
 

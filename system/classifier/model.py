@@ -146,7 +146,11 @@ class PromptClassifier:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             pipeline.fit(texts)
+        # KMeans convergence warnings (e.g. fewer distinct prompts than k) belong in the card; others pass on
         notes = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+        for w in caught:
+            if not issubclass(w.category, ConvergenceWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         card = build_card(
             pipeline,
             texts,

@@ -80,6 +80,13 @@ class Gateway:
         if self.session is not None:
             await self.session.close()
 
+    def connection_stats(self) -> dict[str, int]:
+        """Upstream pool occupancy (aiohttp keeps no public counter): leak checks and the soak read this."""
+        conn = self.session.connector if self.session is not None else None
+        acquired = getattr(conn, "_acquired", ())
+        idle = getattr(conn, "_conns", {})
+        return {"in_use": len(acquired), "idle": sum(len(v) for v in idle.values())}
+
     async def reload_classifier(self, path: Path | None = None) -> dict[str, object]:
         """Load a classifier (default: the configured one) and rebuild the policy against its k."""
         target = path or self.classifier_path

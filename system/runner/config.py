@@ -156,6 +156,8 @@ class TelemetrySpec(StrictModel):
     gpu_interval_s: float = Field(default=1.0, gt=0)  # NVML
     procs_interval_s: float = Field(default=1.0, gt=0)  # CPU / RSS of our server processes
     scrape_timeout_s: float = Field(default=0.8, gt=0)
+    # histogram `_bucket` (and `_created`) samples are most of /metrics; off by default, `_sum`/`_count` stay
+    keep_histogram_buckets: bool = False
 
 
 class ExperimentConfig(StrictModel):

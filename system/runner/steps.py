@@ -72,7 +72,7 @@ def locust_arguments(cfg: ExperimentConfig, model: str, rep: int) -> tuple[str, 
     kind = str(spec.pop("kind"))
     args = ["--model", model, "--num-prompts", str(spec.pop("n"))]
     # --seed orders prompts (same for every configuration at a given rep); seed=... fixes the prompt set
-    args += ["--seed", str(cfg.seed + rep)]
+    args += ["--seed", str(cfg.seed + rep), "--workload-option", f"seed={spec.pop('seed')}"]
     path = spec.pop("path", None)
     if path:
         args += ["--dataset", str(path)]
@@ -118,7 +118,11 @@ def run_step(ctx: StepContext, step: StepPlan) -> dict[str, Any]:
     tele = cfg.telemetry
     samplers = [
         PrometheusScraper(
-            step.dir / "metrics.csv", stack.metrics_targets, tele.scrape_interval_s, tele.scrape_timeout_s
+            step.dir / "metrics.csv",
+            stack.metrics_targets,
+            tele.scrape_interval_s,
+            tele.scrape_timeout_s,
+            drop_suffixes=() if tele.keep_histogram_buckets else ("_bucket", "_created"),
         ),
         GpuSampler(step.dir / "gpu.csv", tele.gpu_interval_s, indices=stack.gpus() or None),
         ProcessSampler(step.dir / "procs.csv", stack.pids, tele.procs_interval_s),

@@ -23,6 +23,8 @@ class CsvSampler:
     """
 
     HEADER: tuple[str, ...] = ()
+    # True: the first sample is taken one interval after start (rates such as CPU % need a baseline)
+    DELAY_FIRST: bool = False
 
     def __init__(self, path: str | Path, interval_s: float = 1.0) -> None:
         self.path = Path(path)
@@ -82,6 +84,10 @@ class CsvSampler:
     def _loop(self) -> None:
         # fixed-rate schedule (not fixed-delay), so samples stay on a 1 Hz grid even when one is slow
         next_t = time.monotonic()
+        if self.DELAY_FIRST:
+            next_t += self.interval_s
+            if self._stop.wait(self.interval_s):
+                return
         while not self._stop.is_set():
             self._tick()
             next_t += self.interval_s

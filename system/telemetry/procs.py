@@ -23,6 +23,7 @@ class ProcessSampler(CsvSampler):
     """
 
     HEADER = PROCS_HEADER
+    DELAY_FIRST = True  # cpu_percent over a ~0 s window is noise
 
     def __init__(
         self,

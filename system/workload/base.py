@@ -17,7 +17,7 @@ class Prompt:
 
 
 class PromptSource(ABC):
-    """A family of prompts selected by `spec["kind"]`; subclasses declare their extra options with defaults."""
+    """A family of prompts chosen by `spec["kind"]`; subclasses declare their extra options with defaults."""
 
     kind: ClassVar[str]
     # option name -> default, beyond the common `n` and `seed`
@@ -26,7 +26,7 @@ class PromptSource(ABC):
 
     @abstractmethod
     def load(self, n: int, seed: int, **options: Any) -> list[Prompt]:
-        """Return exactly `n` prompts (fewer only when the source runs out), deterministic for (n, seed, options)."""
+        """`n` prompts (fewer only when the source runs out), deterministic for (n, seed, options)."""
 
 
 SOURCES: dict[str, type[PromptSource]] = {}
@@ -81,4 +81,3 @@ def load_prompts(spec: dict[str, Any]) -> list[Prompt]:
 def describe_sources() -> dict[str, dict[str, Any]]:
     """kind -> {option: default} for help texts and error messages."""
     return {k: {"n": c.default_n, "seed": 0, **c.options} for k, c in sorted(SOURCES.items())}
-

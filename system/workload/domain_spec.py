@@ -23,7 +23,7 @@ class OutputLength:
 
 @dataclass(frozen=True)
 class Domain:
-    """A prompt domain; templates use str.format fields that name slots (domain slots override shared ones)."""
+    """A prompt domain; templates and contexts use str.format fields, each naming a slot vocabulary."""
 
     label: str
     output: OutputLength

@@ -34,7 +34,15 @@ CREATIVE_WRITING = Domain(
     ],
     slots={
         "ask": ["Can you", "Could you", "Please"],
-        "form": ["short story", "poem", "haiku sequence", "sonnet", "flash fiction piece", "song lyric", "fable"],
+        "form": [
+            "short story",
+            "poem",
+            "haiku sequence",
+            "sonnet",
+            "flash fiction piece",
+            "song lyric",
+            "fable",
+        ],
         "subject": [
             "a lighthouse keeper who collects letters",
             "a robot learning to paint",
@@ -54,7 +62,12 @@ CREATIVE_WRITING = Domain(
             "in a cyberpunk megacity",
             "on the night before an election",
         ],
-        "setting_noun": ["a mountain monastery", "an abandoned train station", "a desert oasis", "a harbour town"],
+        "setting_noun": [
+            "a mountain monastery",
+            "an abandoned train station",
+            "a desert oasis",
+            "a harbour town",
+        ],
         "style": ["Edgar Allan Poe", "a fairy tale", "noir detective fiction", "Mary Oliver", "a Greek myth"],
         "character": [
             "a retired astronaut",
@@ -88,14 +101,14 @@ TRANSLATION = Domain(
     # about as long as the passage it translates: short
     output=OutputLength(median=90, sigma=0.5, lo=8, hi=512),
     templates=[
-        "Translate into {language}: \"{passage}\"",
+        'Translate into {language}: "{passage}"',
         "{ask} translate this {register} sentence from English to {language}? {passage}",
-        "How do you say \"{phrase}\" in {language}?",
+        'How do you say "{phrase}" in {language}?',
         "Translate the following from {language} to English: {foreign}",
         "Please translate this paragraph into {language} and keep the {register} tone:\n{passage}",
-        "What is the most natural {language} translation of \"{phrase}\"? Give two alternatives.",
+        'What is the most natural {language} translation of "{phrase}"? Give two alternatives.',
         "Translate to {language} for a {audience}: {passage}",
-        "Is this {language} translation correct? English: \"{phrase}\" — translation: {foreign}",
+        'Is this {language} translation correct? English: "{phrase}" — translation: {foreign}',
     ],
     contexts=[
         "Please keep the meaning and the tone of the original text.",
@@ -107,9 +120,24 @@ TRANSLATION = Domain(
     ],
     slots={
         "ask": ["Can you", "Could you", "Please"],
-        "language": ["French", "German", "Spanish", "Japanese", "Italian", "Portuguese", "Mandarin Chinese", "Dutch"],
+        "language": [
+            "French",
+            "German",
+            "Spanish",
+            "Japanese",
+            "Italian",
+            "Portuguese",
+            "Mandarin Chinese",
+            "Dutch",
+        ],
         "register": ["formal", "casual", "technical", "polite", "legal", "medical"],
-        "audience": ["hotel guest", "business partner", "medical patient", "software user", "tourist brochure"],
+        "audience": [
+            "hotel guest",
+            "business partner",
+            "medical patient",
+            "software user",
+            "tourist brochure",
+        ],
         "passage": [
             "The meeting has been moved to Thursday at 10 a.m.; please confirm your attendance.",
             "Take one tablet twice a day after meals and contact your doctor if the rash persists.",
@@ -254,7 +282,14 @@ CHIT_CHAT = Domain(
             "What a week.",
         ],
         "thing": ["movie", "book", "song", "board game", "pizza topping", "season", "TV show"],
-        "favourite": ["the one with the time loop", "pineapple", "autumn", "jazz", "chess", "anything by Pixar"],
+        "favourite": [
+            "the one with the time loop",
+            "pineapple",
+            "autumn",
+            "jazz",
+            "chess",
+            "anything by Pixar",
+        ],
         "opinion_topic": [
             "cats are better than dogs",
             "it's okay to put ketchup on pasta",

@@ -95,14 +95,22 @@ CODE = Domain(
         ],
         "snippet": [
             "for i in range(len(items)): if items[i] == target: del items[i]",
-            "let v = vec![1, 2, 3]; let first = &v[0]; v.push(4); println!(\"{}\", first);",
+            'let v = vec![1, 2, 3]; let first = &v[0]; v.push(4); println!("{}", first);',
             "const data = await fetch(url).json(); console.log(data.items.length);",
             "SELECT name, COUNT(*) FROM orders JOIN users ON users.id = orders.user_id GROUP BY name;",
             "public int sum(int[] a) { int s = 0; for (int i = 0; i <= a.length; i++) s += a[i]; return s; }",
             "go func() { for v := range ch { results = append(results, v) } }()",
             "def fib(n): return fib(n - 1) + fib(n - 2)",
         ],
-        "concept": ["a process", "an interface", "a mutex", "a closure", "a list", "a pointer", "async/await"],
+        "concept": [
+            "a process",
+            "an interface",
+            "a mutex",
+            "a closure",
+            "a list",
+            "a pointer",
+            "async/await",
+        ],
         "concept2": ["a thread", "an abstract class", "a semaphore", "a callback", "a tuple", "a reference"],
         "goal": [
             "is easier to test",
@@ -122,7 +130,12 @@ CODE = Domain(
             "a small compiler for a toy language",
         ],
         "concern": ["database access", "authentication", "configuration", "logging and metrics"],
-        "pitfall": ["blocking the main thread", "copying the whole buffer", "race conditions", "global state"],
+        "pitfall": [
+            "blocking the main thread",
+            "copying the whole buffer",
+            "race conditions",
+            "global state",
+        ],
         "library": ["the ORM", "the HTTP client library", "the web framework", "the compiler toolchain"],
     },
 )
@@ -216,6 +229,11 @@ MATH = Domain(
             "n^2 + n + 41 is prime for every natural number n",
             "every group of prime order is cyclic",
         ],
-        "expression": ["(x^2 - 9) / (x - 3)", "(a + b)^2 - (a - b)^2", "log2(32) + log2(1/8)", "sin^2 x + cos^2 x"],
+        "expression": [
+            "(x^2 - 9) / (x - 3)",
+            "(a + b)^2 - (a - b)^2",
+            "log2(32) + log2(1/8)",
+            "sin^2 x + cos^2 x",
+        ],
     },
 )

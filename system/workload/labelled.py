@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from system.workload.base import Prompt, PromptSource, register
 from system.workload.domain_spec import Domain
@@ -63,7 +63,7 @@ class LabelledSource(PromptSource):
     """Balanced mix of the 8 domains (or the `domains` subset), shuffled; label = domain name."""
 
     kind = "labelled"
-    options: dict[str, Any] = {"domains": None}
+    options: ClassVar[dict[str, Any]] = {"domains": None}
 
     def load(self, n: int, seed: int, **options: Any) -> list[Prompt]:
         names = options["domains"]
@@ -79,6 +79,8 @@ class LabelledSource(PromptSource):
         for i in range(n):
             domain = DOMAINS[names[i % len(names)]]
             text = render(domain, rng)
-            prompts.append(Prompt(text=text, reference_output_tokens=domain.output.draw(rng), label=domain.label))
+            prompts.append(
+                Prompt(text=text, reference_output_tokens=domain.output.draw(rng), label=domain.label)
+            )
         rng.shuffle(prompts)
         return prompts

@@ -1,4 +1,4 @@
-"""ShareGPT conversations (vLLM's benchmark dataset) as prompts, stream-decoded so a truncated file is fine."""
+"""ShareGPT conversations (vLLM's benchmark dataset) as prompts, stream-decoded: a truncated file is fine."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 from system.tokens import count_tokens
 from system.workload.base import Prompt, PromptSource, register
@@ -169,7 +169,7 @@ class ShareGPTSource(PromptSource):
     """
 
     kind = "sharegpt"
-    options: dict[str, Any] = {"path": None, "pool": None}
+    options: ClassVar[dict[str, Any]] = {"path": None, "pool": None}
 
     def load(self, n: int, seed: int, **options: Any) -> list[Prompt]:
         pool = options["pool"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import Any, ClassVar
 
 from system.tokens import synthetic_token
 from system.workload.base import Prompt, PromptSource, register
@@ -38,7 +38,7 @@ class SyntheticSource(PromptSource):
     """Prompts of exactly `prompt_tokens` tokens (count_tokens) asking for `output_tokens` tokens."""
 
     kind = "synthetic"
-    options: dict[str, Any] = {
+    options: ClassVar[dict[str, Any]] = {
         "prompt_tokens": 128,
         "output_tokens": 128,
         "distribution": "fixed",
@@ -61,8 +61,7 @@ class SyntheticSource(PromptSource):
         for _ in range(n):
             plen = rng.randint(p_lo, p_hi)
             olen = rng.randint(o_lo, o_hi)
-            # a random start in the token sequence keeps prompts distinct (no accidental prefix-cache hits)
-            start = rng.randrange(1 << 30)
-            text = "".join(synthetic_token(start + i) for i in range(plen)).rstrip()
+            # random tokens (each exactly one token) keep prompts distinct: no accidental prefix-cache hits
+            text = "".join(synthetic_token(rng.getrandbits(20)) for _ in range(plen)).rstrip()
             prompts.append(Prompt(text=text, reference_output_tokens=olen, label=None))
         return prompts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -59,10 +59,16 @@ class KeywordClassifier:
 
 
 @contextlib.asynccontextmanager
-async def gateway_in_process(cfg: GatewayConfig, classifier: object | None = None) -> AsyncIterator[str]:
-    """Serve `create_app(cfg)` with uvicorn on a free loopback port inside this event loop; yields its URL."""
+async def gateway_in_process(
+    cfg: GatewayConfig, classifier: object | None = None, loader: Callable[[Path], object] | None = None
+) -> AsyncIterator[str]:
+    """Serve `create_app(cfg)` with uvicorn on a free loopback port inside this event loop; yields its URL.
+
+    `classifier` is returned by the classifier loader (no files needed); `loader` replaces the loader itself.
+    """
     port = free_port()
-    loader = (lambda _path: classifier) if classifier is not None else None
+    if loader is None and classifier is not None:
+        loader = lambda _path: classifier  # noqa: E731
     app = create_app(cfg, classifier_loader=loader)  # type: ignore[arg-type]
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"

@@ -252,3 +252,14 @@ def test_sampler_error_is_counted_not_fatal(tmp_path: Path) -> None:
         time.sleep(0.2)
     assert s.errors >= 2 and s.last_error
     assert _rows(tmp_path / "m.csv") == [list(METRICS_HEADER)]
+
+
+def test_scraper_drops_histogram_buckets_by_default(tmp_path: Path, metrics_server: str) -> None:
+    with PrometheusScraper(tmp_path / "a.csv", {"e0": metrics_server}, interval_s=0.1):
+        time.sleep(0.15)
+    names = {r[2] for r in _rows(tmp_path / "a.csv")[1:]}
+    assert "vllm:time_to_first_token_seconds_count" in names and "vllm:num_requests_running" in names
+    assert not any(n.endswith("_bucket") for n in names)
+    with PrometheusScraper(tmp_path / "b.csv", {"e0": metrics_server}, interval_s=0.1, drop_suffixes=()):
+        time.sleep(0.15)
+    assert "vllm:time_to_first_token_seconds_bucket" in {r[2] for r in _rows(tmp_path / "b.csv")[1:]}

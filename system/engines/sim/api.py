@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from system.engines.sim.scheduler import SimRequest
 from system.engines.sim.textgen import chat_prompt_tokens, completion_prompt_tokens, message_text
@@ -17,7 +17,12 @@ CHAT_ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
 class ApiError(Exception):
     """An error answered with OpenAI's error body and an HTTP status."""
 
-    TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed", 413: "RequestTooLarge"}
+    TYPES: ClassVar[dict[int, str]] = {
+        400: "BadRequestError",
+        404: "NotFoundError",
+        405: "MethodNotAllowed",
+        413: "RequestTooLarge",
+    }
 
     def __init__(self, status: int, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -84,7 +89,9 @@ def _chat_prompt(body: dict[str, Any]) -> tuple[int, str]:
             raise ApiError(400, f"messages[{i}] must be an object", "messages")
         role = msg.get("role")
         if not isinstance(role, str) or role not in CHAT_ROLES:
-            raise ApiError(400, f"messages[{i}].role must be one of {sorted(CHAT_ROLES)}, got {role!r}", "messages")
+            raise ApiError(
+                400, f"messages[{i}].role must be one of {sorted(CHAT_ROLES)}, got {role!r}", "messages"
+            )
         content = msg.get("content")
         if content is not None and not isinstance(content, str | list):
             raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", "messages")
@@ -105,7 +112,9 @@ def _completion_prompt(body: dict[str, Any]) -> tuple[int, str]:
     if isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
         return len(prompt), ",".join(map(str, prompt))  # token ids: one token each
     if isinstance(prompt, list) and len(prompt) > 1:
-        raise ApiError(400, "batched prompts (a list of several prompts) are not supported by the sim", "prompt")
+        raise ApiError(
+            400, "batched prompts (a list of several prompts) are not supported by the sim", "prompt"
+        )
     raise ApiError(400, "'prompt' must be a string, a list of one string, or a list of token ids", "prompt")
 
 
@@ -170,7 +179,9 @@ def parse_request(kind: str, raw: bytes, model_name: str, max_model_len: int) ->
     if min_tokens > max_tokens:
         raise ApiError(400, f"min_tokens ({min_tokens}) must be <= max_tokens ({max_tokens})", "min_tokens")
     seed_key = f"seed={seed}" if seed is not None else key
-    return ParsedRequest(kind, model, stream, include_usage, prompt_tokens, max_tokens, min_tokens, ignore_eos, seed_key)
+    return ParsedRequest(
+        kind, model, stream, include_usage, prompt_tokens, max_tokens, min_tokens, ignore_eos, seed_key
+    )
 
 
 def sim_timing(req: SimRequest) -> dict[str, Any]:
@@ -206,7 +217,9 @@ class Responder:
         else:
             self.id = f"cmpl-{uuid.uuid4().hex}"
             self.obj = "text_completion"
-        head = f'data: {{"id":"{self.id}","object":"{self.obj}","created":{self.created},"model":{model_json},'
+        head = (
+            f'data: {{"id":"{self.id}","object":"{self.obj}","created":{self.created},"model":{model_json},'
+        )
         if kind == "chat":
             self._pre = (head + '"choices":[{"index":0,"delta":{"content":"').encode()
             self._suf = b'"},"logprobs":null,"finish_reason":null}]}\n\n'
@@ -227,7 +240,7 @@ class Responder:
         return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
     def final_events(self, text: str, req: SimRequest, include_usage: bool) -> bytes:
-        """Last content chunk (with finish_reason), the optional usage chunk, sim_timing in the last one, DONE."""
+        """Last content chunk (finish_reason), optional usage chunk, sim_timing in the last one, [DONE]."""
         base = {"id": self.id, "object": self.obj, "created": self.created, "model": self.model}
         if self.kind == "chat":
             choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "logprobs": None}

@@ -73,7 +73,10 @@ def step_time_s(p: Profile, shape: BatchShape) -> float:
 def decode_shape(batch: int, context: int) -> BatchShape:
     """`batch` sequences each decoding one token with `context` tokens already cached."""
     return BatchShape(
-        num_tokens=batch, num_seqs=batch, attn_pairs=float(batch * (context + 1)), kv_read_tokens=batch * context
+        num_tokens=batch,
+        num_seqs=batch,
+        attn_pairs=float(batch * (context + 1)),
+        kv_read_tokens=batch * context,
     )
 
 

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# `*_created` samples double the scrape size and nobody reads them (the sim owns its process)
+disable_created_metrics()
 
 # Bucket edges as in vLLM's v1/metrics/loggers.py, so dashboards and quantile estimates line up.
 TTFT_BUCKETS = (
@@ -36,8 +46,12 @@ class SimMetrics:
     ) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         lab = ["model_name"]
-        self._g_running = Gauge("vllm:num_requests_running", "Requests in the running batch.", lab, registry=r)
-        self._g_waiting = Gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled.", lab, registry=r)
+        self._g_running = Gauge(
+            "vllm:num_requests_running", "Requests in the running batch.", lab, registry=r
+        )
+        self._g_waiting = Gauge(
+            "vllm:num_requests_waiting", "Requests waiting to be scheduled.", lab, registry=r
+        )
         self._g_kv = Gauge("vllm:kv_cache_usage_perc", "KV-cache usage, 1 = 100 %.", lab, registry=r)
         # vLLM < 0.10 name of the same gauge, for older dashboards/scrapers
         self._g_kv_old = Gauge("vllm:gpu_cache_usage_perc", "KV-cache usage, 1 = 100 %.", lab, registry=r)
@@ -45,15 +59,15 @@ class SimMetrics:
         self._g_waiting.labels(model_name).set_function(waiting)
         self._g_kv.labels(model_name).set_function(kv_usage)
         self._g_kv_old.labels(model_name).set_function(kv_usage)
-        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prefilled prompt tokens.", lab, registry=r).labels(
-            model_name
-        )
+        self.prompt_tokens = Counter(
+            "vllm:prompt_tokens", "Prefilled prompt tokens.", lab, registry=r
+        ).labels(model_name)
         self.generation_tokens = Counter(
             "vllm:generation_tokens", "Generated tokens.", lab, registry=r
         ).labels(model_name)
-        self.preemptions = Counter("vllm:num_preemptions", "Preemptions (recompute).", lab, registry=r).labels(
-            model_name
-        )
+        self.preemptions = Counter(
+            "vllm:num_preemptions", "Preemptions (recompute).", lab, registry=r
+        ).labels(model_name)
         self._success = Counter(
             "vllm:request_success", "Finished requests.", [*lab, "finished_reason"], registry=r
         )
@@ -62,14 +76,22 @@ class SimMetrics:
             "vllm:time_to_first_token_seconds", "Time to first token.", lab, buckets=TTFT_BUCKETS, registry=r
         ).labels(model_name)
         self.e2e = Histogram(
-            "vllm:e2e_request_latency_seconds", "Arrival to last token.", lab, buckets=LATENCY_BUCKETS, registry=r
+            "vllm:e2e_request_latency_seconds",
+            "Arrival to last token.",
+            lab,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         ).labels(model_name)
         self.queue = Histogram(
-            "vllm:request_queue_time_seconds", "Arrival to first scheduled.", lab, buckets=LATENCY_BUCKETS, registry=r
+            "vllm:request_queue_time_seconds",
+            "Arrival to first scheduled.",
+            lab,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         ).labels(model_name)
         self.tpot = Histogram(
-            "vllm:time_per_output_token_seconds", "Mean inter-token time per request.", lab, buckets=ITL_BUCKETS,
-            registry=r,
+            "vllm:time_per_output_token_seconds", "Mean inter-token time per request.", lab,
+            buckets=ITL_BUCKETS, registry=r,
         ).labels(model_name)  # fmt: skip
         # the simulator's own health: how late the step loop wakes vs the cost model's due time
         self.step_lag = Histogram(
@@ -78,9 +100,13 @@ class SimMetrics:
         )  # fmt: skip
         self.steps = Counter("sim:steps", "Engine steps executed.", registry=r)
         self.reanchors = Counter(
-            "sim:step_reanchors", "Steps re-anchored to the wall clock because the loop fell behind.", registry=r
+            "sim:step_reanchors",
+            "Steps re-anchored to the wall clock because the loop fell behind.",
+            registry=r,
         )
-        self.busy = Counter("sim:busy_seconds", "Simulated GPU busy time (sum of step durations).", registry=r)
+        self.busy = Counter(
+            "sim:busy_seconds", "Simulated GPU busy time (sum of step durations).", registry=r
+        )
         self.max_lag = Gauge("sim:step_lag_max_seconds", "Largest step lag since start.", registry=r)
         self._max_lag = 0.0
 

@@ -66,7 +66,7 @@ A100_SXM = Hardware(
     hbm_gbs=2039.0,
     memory_bytes=81920 * MIB,
     nvlink_gbs=300.0,
-    source="NVIDIA A100 datasheet (80GB SXM): 312 dense BF16 TFLOPS, 2,039 GB/s, 80 GB, NVLink 600 GB/s bidir",
+    source="NVIDIA A100 datasheet (80GB SXM): 312 dense BF16 TFLOPS, 2,039 GB/s, 80 GB, NVLink 600 GB/s",
 )
 # A made-up small GPU for the `debug` profile: numbers chosen so steps take tens of ms, not realistic.
 DEBUG_GPU = Hardware(
@@ -162,6 +162,9 @@ class Profile:
     # output length when a request does not force it: lognormal with this median and sigma (tokens)
     output_len_median: float = 128.0
     output_len_sigma: float = 1.0
+    num_gpu_blocks_override: int | None = (
+        None  # as vLLM's --num-gpu-blocks-override (tests: force KV pressure)
+    )
     description: str = ""
 
     @property
@@ -188,6 +191,8 @@ class Profile:
     @property
     def num_blocks(self) -> int:
         """KV blocks (of block_size tokens) that fit; 0 when the weights alone do not fit."""
+        if self.num_gpu_blocks_override is not None:
+            return self.num_gpu_blocks_override
         kv = self.kv_cache_bytes
         if kv <= 0:
             return 0
@@ -197,19 +202,23 @@ class Profile:
         """Why this profile cannot be served (empty list: it can). Mirrors vLLM's start-up checks."""
         out: list[str] = []
         if self.model.heads % self.tp or self.model.kv_heads % self.tp:
-            out.append(f"TP={self.tp} does not divide the attention heads ({self.model.heads}/{self.model.kv_heads})")
+            out.append(
+                f"TP={self.tp} does not divide the attention heads ({self.model.heads}/{self.model.kv_heads})"
+            )
         if self.max_model_len > self.model.max_position:
             out.append(f"max_model_len {self.max_model_len} > model context {self.model.max_position}")
         if self.kv_cache_bytes <= 0:
             need = self.weight_bytes / self.tp / GIB
             have = self.hardware.memory_bytes * self.gpu_memory_utilization / GIB
             out.append(
-                f"weights need {need:.1f} GiB per GPU (+{self.non_kv_reserve_bytes / GIB:.0f} GiB reserve) but "
+                f"weights need {need:.1f} GiB per GPU (+{self.non_kv_reserve_bytes / GIB:.0f} GiB reserve) "
+                "but "
                 f"only {have:.1f} GiB are usable at gpu_memory_utilization={self.gpu_memory_utilization}"
             )
         elif self.num_blocks * self.block_size < self.max_model_len:
             out.append(
-                f"KV cache holds {self.num_blocks * self.block_size} tokens < max_model_len {self.max_model_len}"
+                f"KV cache holds {self.num_blocks * self.block_size} tokens < "
+                f"max_model_len {self.max_model_len}"
             )
         return out
 
@@ -308,7 +317,9 @@ def get_profile(name: str) -> Profile:
     except KeyError:
         close = [n for n in PROFILES if name.split("-")[0] in n][:8]
         hint = f" (did you mean: {', '.join(close)})" if close else ""
-        raise UnknownProfileError(f"unknown sim profile {name!r}{hint}; see `expert-router sim --list-profiles`") from None
+        raise UnknownProfileError(
+            f"unknown sim profile {name!r}{hint}; see `expert-router sim --list-profiles`"
+        ) from None
 
 
 def blocks_for(tokens: int, block_size: int) -> int:

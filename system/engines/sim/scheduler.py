@@ -6,6 +6,7 @@ clock. One `schedule()` + `finish_step()` pair is one engine step.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,8 +27,8 @@ class SimRequest:
 
     __slots__ = (
         "arrival_ts",
-        "first_scheduled_ts",
         "finish_reason",
+        "first_scheduled_ts",
         "first_token_ts",
         "last_token_ts",
         "notified",
@@ -44,7 +45,12 @@ class SimRequest:
     )
 
     def __init__(
-        self, rid: str, prompt_tokens: int, target_output: int, arrival_ts: float, finish_reason: str = "length"
+        self,
+        rid: str,
+        prompt_tokens: int,
+        target_output: int,
+        arrival_ts: float,
+        finish_reason: str = "length",
     ) -> None:
         if prompt_tokens < 1 or target_output < 1:
             raise ValueError("a request needs >= 1 prompt token and >= 1 output token")
@@ -63,7 +69,9 @@ class SimRequest:
         self.state = State.WAITING
         self.notified = 0  # engine-side: tokens the stream handler has been told about
         self.waiter: Any = None  # engine-side: the future the stream handler waits on
-        self.wake_every = 1  # engine-side: wake the handler every N tokens (stream interval; huge: at the end)
+        self.wake_every = (
+            1  # engine-side: wake the handler every N tokens (stream interval; huge: at the end)
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -148,15 +156,11 @@ class Scheduler:
     def abort(self, req: SimRequest) -> bool:
         """Remove a request wherever it is and free its blocks. False if it had already finished."""
         if req.state == State.WAITING:
-            try:
+            with contextlib.suppress(ValueError):
                 self.waiting.remove(req)
-            except ValueError:
-                pass
         elif req.state == State.RUNNING:
-            try:
+            with contextlib.suppress(ValueError):
                 self.running.remove(req)
-            except ValueError:
-                pass
         else:
             return False
         self._free(req)
@@ -235,7 +239,9 @@ class Scheduler:
         if not entries:
             return None
         num_tokens = self.cfg.max_num_batched_tokens - budget
-        shape = BatchShape(num_tokens=num_tokens, num_seqs=len(entries), attn_pairs=pairs, kv_read_tokens=kv_read)
+        shape = BatchShape(
+            num_tokens=num_tokens, num_seqs=len(entries), attn_pairs=pairs, kv_read_tokens=kv_read
+        )
         return StepPlan(
             entries=entries,
             shape=shape,

@@ -32,7 +32,11 @@ def message_text(content: object) -> str:
 
 def chat_prompt_tokens(contents: Sequence[str]) -> int:
     """Prompt tokens of a chat request: content tokens + the chat template's fixed tokens."""
-    return sum(count_tokens(c) for c in contents) + CHAT_TOKENS_PER_MESSAGE * len(contents) + CHAT_TOKENS_PER_PROMPT
+    return (
+        sum(count_tokens(c) for c in contents)
+        + CHAT_TOKENS_PER_MESSAGE * len(contents)
+        + CHAT_TOKENS_PER_PROMPT
+    )
 
 
 def completion_prompt_tokens(prompt: str) -> int:
@@ -51,9 +55,7 @@ def natural_output_len(key: str, seed: int, median: float, sigma: float) -> int:
     return max(1, round(math.exp(rng.gauss(math.log(median), sigma))))
 
 
-def resolve_output_len(
-    natural: int, max_tokens: int, min_tokens: int, ignore_eos: bool
-) -> tuple[int, str]:
+def resolve_output_len(natural: int, max_tokens: int, min_tokens: int, ignore_eos: bool) -> tuple[int, str]:
     """(output tokens, finish_reason) from the natural length and the request's vLLM sampling params."""
     if ignore_eos:
         return max_tokens, "length"

@@ -1,0 +1,174 @@
+"""Closed-loop aiohttp streaming client for `bench sim` (run as its own process; prints one JSON line).
+
+It only talks to the sim, whose SSE events are compact JSON whose only spaces are the ones ending each
+synthetic token, so tokens per network read = spaces - "data: " prefixes: no JSON parsing per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import resource
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def scrape(base: str) -> dict[str, float]:
+    """Prometheus samples of the sim as {name or name{le=..}: value} (histogram buckets keyed by le)."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            key = s.name
+            if "le" in s.labels:
+                key += "{le=" + s.labels["le"] + "}"
+            elif "finished_reason" in s.labels:
+                key += "{" + s.labels["finished_reason"] + "}"
+            out[key] = s.value
+    return out
+
+
+def histogram_quantile(samples: dict[str, float], name: str, q: float) -> float:
+    """Upper bucket edge holding quantile q of a (delta of a) Prometheus histogram; NaN when empty."""
+    prefix = name + "_bucket{le="
+    buckets = sorted(
+        ((float(k[len(prefix) : -1]), v) for k, v in samples.items() if k.startswith(prefix)),
+        key=lambda kv: kv[0],
+    )
+    if not buckets or buckets[-1][1] <= 0:
+        return math.nan
+    target = q * buckets[-1][1]
+    for edge, count in buckets:
+        if count >= target:
+            return edge
+    return buckets[-1][0]
+
+
+def _pcts(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {"n": 0, "p50": math.nan, "p99": math.nan, "max": math.nan}
+    s = sorted(xs)
+
+    def q(p: float) -> float:
+        return s[min(len(s) - 1, int(p * len(s)))]
+
+    return {"n": len(s), "p50": round(q(0.5), 3), "p99": round(q(0.99), 3), "max": round(s[-1], 3)}
+
+
+async def _run(spec: dict[str, Any]) -> dict[str, Any]:
+    import aiohttp
+
+    base, n = spec["base"], int(spec["concurrency"])
+    t_start = time.time()
+    win_start = t_start + float(spec["warmup_s"])
+    win_end = win_start + float(spec["duration_s"])
+    body = json.dumps(
+        {
+            "model": spec["model"],
+            "prompt": "Write a long story about a fox who learns to fly over the mountains.",
+            "max_tokens": int(spec["max_tokens"]),
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
+    st = {"tokens": 0, "events": 0, "completed": 0, "errors": 0, "open": 0, "open_samples": []}
+    first_lag: list[float] = []
+    last_lag: list[float] = []
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        first = last = 0.0
+        tail = b""
+        async with session.post(
+            f"{base}/v1/completions", data=body, headers={"content-type": "application/json"}
+        ) as r:
+            if r.status != 200:
+                st["errors"] += 1
+                await r.read()
+                return
+            async for chunk in r.content.iter_any():
+                t = time.time()
+                prefixes = chunk.count(b"data: ")
+                toks = chunk.count(b" ") - prefixes
+                if toks > 0:
+                    if not first:
+                        first = t
+                    last = t
+                    if win_start <= t < win_end:
+                        st["tokens"] += toks
+                        st["events"] += prefixes
+                tail = (tail + chunk)[-4096:]
+        events = [ln for ln in tail.split(b"\n") if ln.startswith(b"data: {")]
+        gt = json.loads(events[-1][6:]).get("sim_timing") if events else None
+        if gt is None or not first:
+            st["errors"] += 1
+            return
+        if win_start <= first < win_end:
+            st["completed"] += 1
+            first_lag.append(1e3 * (first - gt["first_token_ts"]))
+            last_lag.append(1e3 * (last - gt["last_token_ts"]))
+
+    async def user(session: aiohttp.ClientSession, delay: float) -> None:
+        await asyncio.sleep(delay)
+        while time.time() < win_end:
+            st["open"] += 1
+            try:
+                await one(session)
+            except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError):
+                st["errors"] += 1
+            finally:
+                st["open"] -= 1
+
+    async def sampler() -> None:
+        while time.time() < win_end:
+            await asyncio.sleep(0.25)
+            if win_start <= time.time() < win_end:
+                st["open_samples"].append(st["open"])
+
+    conn = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
+    ramp = float(spec.get("ramp_s", 1.0))
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        users = [asyncio.create_task(user(session, ramp * i / n)) for i in range(n)]
+        samp = asyncio.create_task(sampler())
+        # stop at the window end: cancel the streams still open (their requests end outside the window)
+        await asyncio.sleep(max(0.0, win_end - time.time()))
+        await samp
+        for u in users:
+            u.cancel()
+        await asyncio.gather(*users, return_exceptions=True)
+    window = win_end - win_start
+    samples = st["open_samples"]
+    return {
+        "completed": st["completed"],
+        "errors": st["errors"],
+        "tokens_per_s": round(st["tokens"] / window, 1),
+        "events_per_s": round(st["events"] / window, 1),
+        "mean_open_streams": round(sum(samples) / len(samples), 1) if samples else 0.0,
+        "first_token_lag_ms": _pcts(first_lag),
+        "last_token_lag_ms": _pcts(last_lag),
+    }
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop
+
+        result = uvloop.run(_run(spec))
+    except ImportError:
+        result = asyncio.run(_run(spec))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
