@@ -40,18 +40,20 @@ def latency_stats(values: Iterable[float], prefix: str, scale: float = 1000.0) -
 
 
 def normalize_slos(raw: Mapping[str, Any] | None) -> dict[str, float]:
-    """{"ttft"|"tpot"|"e2e": seconds} from {"ttft_ms": 500, "tpot_s": 0.05, "e2el": 2000 (ms, vLLM), ...}."""
+    """{"ttft"|"tpot"|"e2e": seconds} from {"ttft_ms": 500, "tpot_s": 0.05, "e2el_ms": 2000, ...}.
+
+    Bare names ("ttft") are taken as already normalised (seconds), so normalising twice changes nothing.
+    """
     out: dict[str, float] = {}
     for key, value in (raw or {}).items():
         if value is None:
             continue
         k = key.lower()
         name = k.removesuffix("_ms").removesuffix("_s")
-        name = "e2e" if name in ("e2el", "e2e_latency") else name
+        name = "e2e" if name in ("e2el", "e2e_latency") else name  # vLLM bench calls it e2el
         if name not in SLO_COLUMNS:
             raise ValueError(f"unknown SLO {key!r}; known: ttft, tpot, e2e (suffix _ms or _s)")
-        # bare names follow vLLM bench's --goodput convention: milliseconds
-        out[name] = float(value) if k.endswith("_s") else float(value) / 1000.0
+        out[name] = float(value) / 1000.0 if k.endswith("_ms") else float(value)
     return out
 
 
@@ -208,9 +210,9 @@ def summarize(
     """One row per (config, topology, users): the columns listed in docs/ANALYSIS.md.
 
     `df` comes from load_runs (needs `in_window`), `steps` from load_steps. `slos` may be raw (ttft_ms ...) or
-    normalised ({"ttft": seconds}); without SLOs goodput is NaN.
+    normalised ({"ttft": seconds}, see normalize_slos); without SLOs goodput is NaN.
     """
-    slo = normalize_slos(slos) if slos and not set(slos) <= set(SLO_COLUMNS) else dict(slos or {})
+    slo = normalize_slos(slos)
     gpu = gpu if gpu is not None else pd.DataFrame(columns=[*KEYS, "ts", "in_window"])
     metrics = metrics if metrics is not None else pd.DataFrame(columns=[*KEYS, "in_window"])
     balance = expert_balance(df, configs)

@@ -22,6 +22,7 @@ LATENCY_LABELS = {
     "itl": "Inter-token latency",
     "e2e": "End-to-end latency",
 }
+CDF_POINTS = 2000  # points per CDF line at most (the exact extremes are kept)
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -208,6 +209,9 @@ def plot_latency_cdf(
             shade = 0.35 + 0.65 * (users_all.index(users) + 1) / len(users_all)
             ls = "-" if ok.loc[ok["config"] == config, "topology"].iloc[0] == "routed" else "--"
             y = np.arange(1, v.size + 1) / v.size
+            if v.size > CDF_POINTS:  # 1,000 users x minutes = 10^5 requests: keep the SVG small
+                idx = np.unique(np.linspace(0, v.size - 1, CDF_POINTS).astype(int))
+                v, y = v[idx], y[idx]
             ax.step(
                 v,
                 y,

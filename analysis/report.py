@@ -77,7 +77,7 @@ INFRA_COLUMNS: list[tuple[str, str, Fmt]] = [
     ("gpu_power_w", "GPU power W", _f("{:.0f}")),
     ("engine_running_mean", "Running (engines)", _f("{:.1f}")),
     ("engine_waiting_mean", "Waiting (engines)", _f("{:.1f}")),
-    ("kv_cache_usage_mean", "KV cache use", _f("{:.0%}")),
+    ("kv_cache_usage_mean", "KV cache use", _f("{:.1%}")),
     ("expert_max_share", "Busiest expert", _f("{:.0%}")),
     ("expert_cv", "Expert CV", _f("{:.2f}")),
     ("gateway_overhead_p50_ms", "Gateway p50 ms", _f("{:.2f}")),
@@ -112,10 +112,15 @@ class Table:
 
 
 def make_table(
-    df: pd.DataFrame, columns: Sequence[tuple[str, str, Fmt]], highlight: str | None = None
+    df: pd.DataFrame,
+    columns: Sequence[tuple[str, str, Fmt]],
+    highlight: str | None = None,
+    drop_empty: bool = False,
 ) -> Table:
-    """Format the given columns of `df` (missing columns are dropped) into strings."""
-    cols = [c for c in columns if c[0] in df.columns]
+    """Format the given columns of `df` into strings (missing columns, and all-NaN ones if asked, dropped)."""
+    cols = [
+        c for c in columns if c[0] in df.columns and not (drop_empty and len(df) and df[c[0]].isna().all())
+    ]
     rows = [[fmt(rec[col]) for col, _, fmt in cols] for rec in df.to_dict("records")]
     text = {i for i, c in enumerate(cols) if c[2] is TEXT}
     marks = [bool(v) for v in df[highlight]] if highlight and highlight in df else []
@@ -218,7 +223,7 @@ def write_report(path: str | Path, out_dir: str | Path | None = None) -> Path:
     tables = {
         "comparison": make_table(a.comparison, COMPARISON_COLUMNS, highlight="routed_wins"),
         "summary": make_table(a.summary, SUMMARY_COLUMNS),
-        "infra": make_table(a.summary, INFRA_COLUMNS),
+        "infra": make_table(a.summary, INFRA_COLUMNS, drop_empty=True),
         "balance": make_table(a.balance[a.balance["topology"] == "routed"], BALANCE_COLUMNS),
     }
     env_loader = jinja2.FileSystemLoader(Path(__file__).parent / "templates")

@@ -81,9 +81,14 @@ class SelfMonitor:
             now = time.monotonic()
             if now - self._last_warn >= WARN_EVERY_S:
                 self._last_warn = now
+                # high lag with low CPU: this process is runnable but not running (other processes
+                # on the machine hold the cores) - just as falsifying for TTFT as a saturated client
+                cause = "saturated" if self.cpu_percent > self.cpu_warn_percent else "starved of CPU"
                 logger.warning(
-                    "load generator saturated: CPU %.0f%% (warn > %.0f%%), gevent loop lag %.1f ms "
-                    "(warn > %.0f ms); measured TTFT/ITL are inflated - add --processes or workers",
+                    "load generator %s: CPU %.0f%% (warn > %.0f%%), gevent loop lag %.1f ms "
+                    "(warn > %.0f ms); measured TTFT/ITL are inflated - add --processes/workers "
+                    "or free the machine",
+                    cause,
                     self.cpu_percent,
                     self.cpu_warn_percent,
                     self.loop_lag_ms,
@@ -93,5 +98,5 @@ class SelfMonitor:
     def summary(self) -> str:
         return (
             f"self-monitor: max CPU {self.max_cpu_percent:.0f}%, max loop lag {self.max_loop_lag_ms:.1f} ms, "
-            f"{self.warnings} saturated second(s)"
+            f"{self.warnings} second(s) over a warning threshold"
         )

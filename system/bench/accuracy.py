@@ -172,6 +172,9 @@ def markdown_table(steps: list[dict]) -> str:
     help="gateway: gateway + 2 sims; direct: one sim (no relay in the error).",
 )
 @click.option("--profile", default="debug", show_default=True, help="Sim profile.")
+@click.option(
+    "--stream-interval", default=1, show_default=True, help="Sim tokens per SSE event (vLLM's option)."
+)
 @click.option("--keep", type=click.Path(file_okay=False), default=None, help="Keep records/logs in this dir.")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="JSON result file.")
 def accuracy(
@@ -181,6 +184,7 @@ def accuracy(
     max_tokens: int,
     target: str,
     profile: str,
+    stream_interval: int,
     keep: str | None,
     out: str,
 ) -> None:
@@ -190,7 +194,11 @@ def accuracy(
     with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as tmp:
         work = Path(keep) if keep else Path(tmp)
         gateway = target == "gateway"
-        with sim_stack(work / "stack", n_sims=2 if gateway else 1, gateway=gateway, profile=profile) as stack:
+        sim_args = ["--stream-interval", str(stream_interval)]
+        n_sims = 2 if gateway else 1
+        with sim_stack(
+            work / "stack", n_sims=n_sims, gateway=gateway, profile=profile, sim_args=sim_args
+        ) as stack:
             for n in users:
                 procs = processes_for(n, processes)
                 click.echo(f"accuracy: {n} users, {procs} Locust process(es), {seconds:g} s ...", err=True)
@@ -213,6 +221,7 @@ def accuracy(
             "max_tokens": max_tokens,
             "target": target,
             "profile": profile,
+            "stream_interval": stream_interval,
             "workload": "synthetic",
             "processes": processes,
         },

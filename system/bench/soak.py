@@ -63,7 +63,7 @@ class Sampler(threading.Thread):
 
 
 def per_minute_p99(df: Any, t0: float, column: str) -> list[float]:
-    """p99 (ms) of `column` for requests started in each whole minute after t0 (the last partial one dropped)."""
+    """p99 (ms) of `column` per whole minute of request starts after t0 (the cut-short last one dropped)."""
     d = df[df["success"] & (df["start_ts"] >= t0)]
     if d.empty:
         return []

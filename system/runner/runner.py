@@ -196,6 +196,10 @@ class ExperimentRunner:
         except ServerStartError as e:
             raise ServerStartError(f"configuration {conf.name!r}: stack failed to start: {e}") from e
         try:
+            if stack.stale_killed:
+                self.echo(
+                    f"[{conf.name}] killed {len(stack.stale_killed)} server(s) left by an interrupted run"
+                )
             self.echo(f"[{conf.name}] up: target {stack.target_url} (model {stack.target_model})")
             for i, step in enumerate(steps):
                 if bar is not None:

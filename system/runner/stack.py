@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import signal
 import sys
 import time
 import urllib.error
@@ -19,6 +22,7 @@ from system.processes import ServerProcess, ServerStartError, free_port, tail
 from system.runner.config import Configuration
 
 GATEWAY_NAME = "gateway"
+SERVERS_FILE = "servers.json"  # pids of a running stack; left behind only if the runner itself was killed
 
 
 @dataclass
@@ -141,7 +145,7 @@ class Stack:
         ports: list[int] | None = None,
     ) -> None:
         self.conf = conf
-        self.work_dir = Path(work_dir)
+        self.work_dir = Path(work_dir).resolve()  # the gateway reads gateway.yaml from its own cwd
         self.seed = seed
         self.classifier_dir = classifier_dir
         self.host = host
@@ -149,6 +153,7 @@ class Stack:
         self.planned: list[PlannedServer] = []
         self.procs: dict[str, ServerProcess] = {}
         self.started_ts = float("nan")
+        self.stale_killed: list[int] = []
 
     @property
     def log_dir(self) -> Path:
@@ -158,10 +163,39 @@ class Stack:
     def gateway_config_path(self) -> Path:
         return self.work_dir / "gateway.yaml"
 
+    def reap_stale(self) -> list[int]:
+        """Kill servers a previous, killed runner left behind (their own sessions outlive it; vLLM would keep
+        its GPU memory). Only process groups whose leader still runs the recorded command are touched."""
+        import psutil
+
+        path = self.work_dir / SERVERS_FILE
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return []
+        killed = []
+        for info in recorded.values():
+            try:
+                if psutil.Process(info["pid"]).cmdline() != info["cmd"]:
+                    continue
+                os.killpg(info["pid"], signal.SIGKILL)
+                killed.append(int(info["pid"]))
+            except (psutil.Error, ProcessLookupError, PermissionError, KeyError, TypeError):
+                continue
+        path.unlink(missing_ok=True)
+        return killed
+
+    def _record_servers(self) -> None:
+        data = {n: {"pid": sp.pid, "cmd": sp.cmd} for n, sp in self.procs.items() if sp.proc is not None}
+        tmp = self.work_dir / (SERVERS_FILE + ".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.work_dir / SERVERS_FILE)
+
     def start(self) -> Stack:
         if self.conf.needs_classifier and self.classifier_dir is None:
             raise ValueError(f"configuration {self.conf.name!r} routes with a classifier but none was given")
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.stale_killed = self.reap_stale()
         self.planned = plan_stack(
             self.conf,
             seed=self.seed,
@@ -179,6 +213,7 @@ class Stack:
                 sp.health_url = None
                 self.procs[p.name] = sp
                 sp.start()
+                self._record_servers()
                 sp.health_url = p.launch.health_url
                 waits.append((sp, p.launch.health_url, p.launch.startup_timeout_s))
             wait_all_healthy(waits)
@@ -188,7 +223,11 @@ class Stack:
                 self.gateway_config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
                 sp = engine_process(gw[0].launch, name=GATEWAY_NAME, log_dir=self.log_dir)
                 self.procs[GATEWAY_NAME] = sp
-                sp.start()
+                sp.health_url, health = None, sp.health_url
+                sp.start()  # Popen only: recorded before the health wait, like the experts
+                self._record_servers()
+                sp.health_url = health
+                sp.wait_healthy()
         except BaseException:
             self.stop()
             raise
@@ -201,6 +240,7 @@ class Stack:
             with contextlib.suppress(Exception):
                 self.procs[name].stop()
         self.procs = {}
+        (self.work_dir / SERVERS_FILE).unlink(missing_ok=True)
 
     def restart(self) -> None:
         self.stop()

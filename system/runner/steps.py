@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,10 +54,30 @@ def is_complete(step_dir: Path) -> bool:
         return False
 
 
+def kill_stale_load(records_dir: Path) -> list[int]:
+    """Kill a Locust still writing into `records_dir` (its runner was killed; it runs in its own session)."""
+    import psutil
+
+    target = str(records_dir)
+    killed = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if any(a == "--records-dir" and i + 1 < len(cmd) and cmd[i + 1] == target for i, a in enumerate(cmd)):
+            with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
+                pgid = os.getpgid(p.pid)
+                if pgid == os.getpgid(0):  # never our own group
+                    os.kill(p.pid, signal.SIGKILL)
+                else:  # run_locust gives Locust its own group, which holds its --processes workers
+                    os.killpg(pgid, signal.SIGKILL)
+                killed.append(p.pid)
+    return killed
+
+
 def move_aside(step_dir: Path) -> Path | None:
     """A partial step directory (crash mid-step) goes to <config>/_incomplete/ so its records never mix in."""
     if not step_dir.exists():
         return None
+    kill_stale_load(step_dir / "records")
     dest_root = step_dir.parent.parent / "_incomplete"
     dest_root.mkdir(parents=True, exist_ok=True)
     dest = dest_root / f"{step_dir.parent.name}-{step_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -49,7 +49,10 @@ def test_max_num_seqs_queues_and_stream_interval_coalesces(tmp_path: Path) -> No
     # only 2 sequences at once: the last two waited for the first two to finish (~9 steps)
     assert max(queued[:2]) < 0.05
     assert min(queued[2:]) > 0.1
-    assert min(g["first_scheduled_ts"] for g in gts[2:]) >= max(g["last_token_ts"] for g in gts[:2]) - 1e-6
+    # never more than 2 running: at every admission, at most 2 requests are between admission and finish
+    for g in gts:
+        t = g["first_scheduled_ts"]
+        assert sum(1 for h in gts if h["first_scheduled_ts"] <= t < h["last_token_ts"] - 1e-6) <= 2
 
 
 def test_kv_pressure_preempts_and_recomputes_end_to_end(tmp_path: Path) -> None:

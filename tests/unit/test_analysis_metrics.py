@@ -100,11 +100,9 @@ def test_goodput_needs_every_slo_and_single_token_passes_tpot(tmp_path) -> None:
 
 
 def test_slo_normalisation() -> None:
-    assert normalize_slos({"ttft_ms": 500, "tpot_s": 0.05, "e2el": 2000}) == {
-        "ttft": 0.5,
-        "tpot": 0.05,
-        "e2e": 2.0,
-    }
+    norm = normalize_slos({"ttft_ms": 500, "tpot_s": 0.05, "e2el_ms": 2000})
+    assert norm == {"ttft": 0.5, "tpot": 0.05, "e2e": 2.0}
+    assert normalize_slos(norm) == norm  # idempotent: bare names are seconds
     assert normalize_slos({"e2e_ms": None}) == {}
     with pytest.raises(ValueError, match="unknown SLO"):
         normalize_slos({"latency_ms": 1})

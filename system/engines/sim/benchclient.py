@@ -137,10 +137,11 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
         users = [asyncio.create_task(user(session, ramp * i / n)) for i in range(n)]
         samp = asyncio.create_task(sampler())
-        # stop at the window end: cancel the streams still open (their requests end outside the window)
-        await asyncio.sleep(max(0.0, win_end - time.time()))
+        # users start no request after the window end; the open ones finish (their first token may lie in
+        # the window and its lag needs the final sim_timing), up to a grace period
         await samp
-        for u in users:
+        _done, pending = await asyncio.wait(users, timeout=float(spec.get("grace_s", 30.0)))
+        for u in pending:
             u.cancel()
         await asyncio.gather(*users, return_exceptions=True)
     window = win_end - win_start

@@ -116,7 +116,11 @@ class SimApp:
         p = self.profile
         natural = natural_output_len(pr.seed_key, self.seed, p.output_len_median, p.output_len_sigma)
         n_out, reason = resolve_output_len(natural, pr.max_tokens, pr.min_tokens, pr.ignore_eos)
-        req = self.engine.submit(pr.prompt_tokens, n_out, reason, stream=pr.stream)
+        try:
+            req = self.engine.submit(pr.prompt_tokens, n_out, reason, stream=pr.stream)
+        except ValueError as e:  # cannot fit the KV cache even alone (validation should prevent it)
+            await _respond(send, 400, ApiError(400, str(e)).body())
+            return
         watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive, req))
         try:
             if pr.stream:
