@@ -159,11 +159,23 @@ def markdown_table(steps: list[dict]) -> str:
 
 @click.command("accuracy")
 @click.option("--users", "users_text", default="1,100,500,1000", show_default=True, help="User counts.")
-@click.option("--seconds", default=30.0, show_default=True, help="Measured seconds per user count.")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Measured seconds per user count.",
+)
 @click.option(
     "--processes", type=click.IntRange(min=1), default=None, help="Locust processes [1; 2 at >= 500]"
 )
-@click.option("--max-tokens", default=64, show_default=True, help="Output tokens per request.")
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Output tokens per request.",
+)
 @click.option(
     "--target",
     type=click.Choice(["gateway", "direct"]),
@@ -173,7 +185,11 @@ def markdown_table(steps: list[dict]) -> str:
 )
 @click.option("--profile", default="debug", show_default=True, help="Sim profile.")
 @click.option(
-    "--stream-interval", default=1, show_default=True, help="Sim tokens per SSE event (vLLM's option)."
+    "--stream-interval",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Sim tokens per SSE event (vLLM's option).",
 )
 @click.option("--keep", type=click.Path(file_okay=False), default=None, help="Keep records/logs in this dir.")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="JSON result file.")

@@ -77,10 +77,24 @@ def per_minute_p99(df: Any, t0: float, column: str) -> list[float]:
 
 
 @click.command("soak")
-@click.option("--minutes", default=10.0, show_default=True, help="Run length after the ramp-up.")
-@click.option("--users", default=1000, show_default=True, help="Concurrent streaming users.")
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=0.05),
+    default=10.0,
+    show_default=True,
+    help="Run length after the ramp-up.",
+)
+@click.option(
+    "--users", type=click.IntRange(min=1), default=1000, show_default=True, help="Concurrent streaming users."
+)
 @click.option("--processes", type=click.IntRange(min=1), default=None, help="Locust processes [2 at >= 500]")
-@click.option("--max-tokens", default=64, show_default=True, help="Output tokens per request.")
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Output tokens per request.",
+)
 @click.option("--profile", default="debug", show_default=True, help="Sim profile.")
 @click.option("--keep", type=click.Path(file_okay=False), default=None, help="Keep records/logs in this dir.")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="JSON result file.")
@@ -122,7 +136,7 @@ def soak(
         if res.timed_out or not res.record_paths:
             raise click.ClickException(f"Locust soak run failed:\n{res.log_tail()}")
         df = read_records(res.record_paths)
-    warm = t0 + ramp_s + 2.0
+    warm = t0 + ramp_s + min(10.0, minutes * 60 / 4)  # Locust start-up + ramp-up over: the warm baseline
     _, rss_start, fds_start = sampler.first_after(warm)
     _, rss_end, fds_end = sampler.samples[-1]
     failed = df[~df["success"]]

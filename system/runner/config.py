@@ -36,6 +36,24 @@ class WorkloadSpec(StrictModel):
     distribution: Literal["fixed", "uniform"] | None = None  # synthetic
     options: dict[str, Any] = Field(default_factory=dict)  # any other option of the source
 
+    @model_validator(mode="after")
+    def _known_source(self) -> WorkloadSpec:
+        # fail at load time, not in every Locust step: the kind and option names must exist
+        from system.workload import SOURCES
+
+        if self.kind not in SOURCES:
+            raise ValueError(f"unknown workload kind {self.kind!r}; known: {sorted(SOURCES)}")
+        valid = set(SOURCES[self.kind].options)
+        given = set(self.model_dump(exclude_none=True, exclude={"kind", "n", "seed", "options"})) | set(
+            self.options
+        )
+        unknown = sorted(given - valid)
+        if unknown:
+            raise ValueError(
+                f"workload kind {self.kind!r} has no option(s) {unknown}; valid: {sorted(valid)}"
+            )
+        return self
+
     def to_spec(self, default_seed: int) -> dict[str, Any]:
         """The `load_prompts` spec: flat, unset options left to the source's defaults."""
         spec = self.model_dump(exclude_none=True, exclude={"options"})

@@ -126,6 +126,26 @@ def wait_all_healthy(procs: list[tuple[ServerProcess, str, float]]) -> None:
             delay = min(delay * 1.5, 0.5)
 
 
+def wait_groups_gone(pgids: list[int], timeout_s: float = 30.0) -> None:
+    """Wait until no process of these groups is left: killed vLLM workers hold GPU memory until they are gone,
+    and the next configuration's engines would start out of memory."""
+    import psutil
+
+    if not pgids:
+        return
+    wanted = set(pgids)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = []
+        for p in psutil.process_iter(["status"]):
+            with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+                if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) in wanted:
+                    left.append(p.pid)
+        if not left:
+            return
+        time.sleep(0.1)
+
+
 class Stack:
     """Context manager: start experts (in parallel) and the gateway; stop everything, whatever happens.
 
@@ -235,11 +255,13 @@ class Stack:
         return self
 
     def stop(self) -> None:
+        groups = [sp.pid for sp in self.procs.values() if sp.proc is not None]
         # gateway first, so it does not log a storm of upstream errors while the experts go away
         for name in sorted(self.procs, key=lambda n: n != GATEWAY_NAME):
             with contextlib.suppress(Exception):
                 self.procs[name].stop()
         self.procs = {}
+        wait_groups_gone(groups)
         (self.work_dir / SERVERS_FILE).unlink(missing_ok=True)
 
     def restart(self) -> None:

@@ -244,3 +244,36 @@ def test_shipped_experiment_files_validate() -> None:
     single = gpu.configurations[1].experts[0].engine
     assert single.kind == "vllm" and single.tp == 8
     assert sorted(g for e in gpu.configurations[0].experts for g in e.engine.gpus) == list(range(8))
+
+
+def test_stack_up_serves_until_interrupted_then_stops_everything(tmp_path: Path) -> None:
+    import urllib.request
+
+    exp = _write(tmp_path, mini())
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "system.cli", "stack", "up", str(exp), "--config-name", "single",
+         "--work-dir", str(tmp_path / "stack")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("send requests to"):
+                break
+        target = lines[-1].split()[3].removesuffix("/v1")
+        with urllib.request.urlopen(f"{target}/v1/models", timeout=5) as r:
+            assert r.status == 200
+        pids = [int(x.split("pid ")[1].rstrip(")\n")) for x in lines if "(pid " in x]
+        assert len(pids) == 2  # the engine and the gateway
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "stopped" in rest
+    time.sleep(0.2)
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)

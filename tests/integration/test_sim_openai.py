@@ -70,7 +70,7 @@ def test_streamed_chat_follows_the_debug_profile_and_carries_ground_truth(client
     # never emitted before due; delivered close to due (loaded CI box: generous bound)
     assert arrivals[0] >= gt["first_token_ts"]
     assert arrivals[-1] >= gt["last_token_ts"]
-    assert arrivals[0] - gt["first_token_ts"] < 0.05
+    assert arrivals[0] - gt["first_token_ts"] < 0.1
     # client-side view follows the profile: TTFT ~ one prefill step, gaps ~ one decode step
     assert STEP * 0.9 < arrivals[0] - t_send < STEP + 0.1
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]

@@ -127,6 +127,8 @@ def test_config_defaults_and_derived_values(tmp_path: Path) -> None:
         ({"spawn_rate": {1: 1.0}}, "no rate for users [2]"),
         ({"name": "bad name"}, "experiment name"),
         ({"stepduration": 3}, "stepduration"),
+        ({"workload": {"kind": "labeled"}}, "unknown workload kind 'labeled'"),
+        ({"workload": {"kind": "labelled", "prompt_tokens": 5}}, "has no option(s) ['prompt_tokens']"),
     ],
 )
 def test_config_errors(tmp_path: Path, over: dict[str, Any], needle: str) -> None:
@@ -258,3 +260,26 @@ def test_dry_run_plan_lists_servers_commands_and_step_state(tmp_path: Path) -> N
     assert "users=2 rep=1 spawn_rate=4/s  [pending]" in text
     assert "3 step(s) to run" in text
     assert not (run_dir / "manifest.json").exists()  # nothing started, nothing written
+
+
+def test_kill_stale_load_kills_only_the_locust_of_that_records_dir(tmp_path: Path) -> None:
+    import subprocess
+
+    from system.runner.steps import kill_stale_load
+
+    def fake_locust(records: Path) -> subprocess.Popen[bytes]:
+        code = "import time; time.sleep(60)"
+        return subprocess.Popen(
+            [sys.executable, "-c", code, "--records-dir", str(records)], start_new_session=True
+        )
+
+    mine, other = fake_locust(tmp_path / "a" / "records"), fake_locust(tmp_path / "b" / "records")
+    try:
+        time.sleep(0.2)
+        assert kill_stale_load(tmp_path / "a" / "records") == [mine.pid]
+        assert mine.wait(timeout=5) == -9
+        assert other.poll() is None
+    finally:
+        for p in (mine, other):
+            p.kill()
+            p.wait()

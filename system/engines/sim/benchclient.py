@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import resource
 import sys
 import time
@@ -68,16 +69,22 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     t_start = time.time()
     win_start = t_start + float(spec["warmup_s"])
     win_end = win_start + float(spec["duration_s"])
-    body = json.dumps(
-        {
-            "model": spec["model"],
-            "prompt": "Write a long story about a fox who learns to fly over the mountains.",
-            "max_tokens": int(spec["max_tokens"]),
-            "ignore_eos": True,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-    ).encode()
+    # output lengths uniform in [M/2, 3M/2] so closed-loop users do not restart in synchronized waves
+    m = int(spec["max_tokens"])
+    bodies = [
+        json.dumps(
+            {
+                "model": spec["model"],
+                "prompt": "Write a long story about a fox who learns to fly over the mountains.",
+                "max_tokens": k,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        ).encode()
+        for k in range(max(1, m // 2), m + m // 2 + 1)
+    ]
+    rng = random.Random(int(spec.get("seed", 0)))
     st = {"tokens": 0, "events": 0, "completed": 0, "errors": 0, "open": 0, "open_samples": []}
     first_lag: list[float] = []
     last_lag: list[float] = []
@@ -85,6 +92,7 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     async def one(session: aiohttp.ClientSession) -> None:
         first = last = 0.0
         tail = b""
+        body = rng.choice(bodies)
         async with session.post(
             f"{base}/v1/completions", data=body, headers={"content-type": "application/json"}
         ) as r:

@@ -125,6 +125,7 @@ def sim(
         timeout_keep_alive=30,
         timeout_graceful_shutdown=2,
         server_header=False,
+        proxy_headers=False,  # loopback only; skips a middleware hop on every request
     )
     server = uvicorn.Server(config)
     server.run()

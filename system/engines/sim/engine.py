@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
+import signal
 import time
 
 from system.engines.sim.costmodel import step_time_s
@@ -68,6 +70,14 @@ class SimEngine:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="sim-step-loop")
+            self._task.add_done_callback(self._on_loop_exit)
+
+    @staticmethod
+    def _on_loop_exit(task: asyncio.Task[None]) -> None:
+        # a dead step loop would hang every client: fail fast, let the supervisor see the exit
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("sim step loop crashed; shutting down", exc_info=task.exception())
+            os.kill(os.getpid(), signal.SIGTERM)
 
     async def stop(self) -> None:
         if self._task is not None:
