@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 
 import pytest
@@ -26,11 +28,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_vllm = pytest.mark.skip(reason="vllm is not installed on this machine")
     has_gpu = _has_nvml_gpu()
     has_vllm = shutil.which("vllm") is not None
+    skip_tf = pytest.mark.skip(
+        reason="torch/transformers not importable and EXPERT_ROUTER_TRANSFORMERS_PYTHON unset"
+    )
+    has_tf = bool(os.environ.get("EXPERT_ROUTER_TRANSFORMERS_PYTHON")) or all(
+        importlib.util.find_spec(m) is not None for m in ("torch", "transformers")
+    )
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
         if "vllm" in item.keywords and not has_vllm:
             item.add_marker(skip_vllm)
+        if "transformers" in item.keywords and not has_tf:
+            item.add_marker(skip_tf)
 
 
 @pytest.fixture

@@ -142,6 +142,7 @@ def sustained(level: dict[str, Any]) -> bool:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    host, cfg = result["host"], result["config"]
     lines = [
         f"### Simulator: one process, one core (`expert-router bench sim`, {result['host']['cpu']})",
         "",
@@ -150,7 +151,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"after {result['config']['warmup_s']:.0f} s warm-up. Lag = client receive time minus the sim's "
         "`sim_timing` due time. Sim time = simulated GPU busy time / wall time (1.0: the step loop keeps "
         "real time; late wake-ups stretch wall time). Sustained = no errors, sim time >= 98 %, p99 "
-        "first-token lag < 50 ms. Output lengths uniform in [M/2, 3M/2].",
+        "first-token lag < 50 ms. Output lengths uniform in [M/2, 3M/2]. "
+        f"Host: {host['cpus']} CPUs, sim pinned to CPU {cfg['sim_cpu']}, client to CPU {cfg['client_cpu']}; "
+        f"1-min load average {host['loadavg_1m_before']} before, {host['loadavg_1m_after']} after (other "
+        "jobs on the host steal time from the pinned cores; the client's own event processing is part of "
+        "the measured lag).",
         "",
         "| stream interval | streams | tokens/s delivered | sim time | SSE events/s "
         "| sim CPU (1 core) | client CPU | first-token lag p50 / p99 ms | last-token lag p99 ms "
@@ -204,6 +209,7 @@ def sim(
     pin_sim = None if sim_cpu < 0 else sim_cpu
     client_cpu = None if pin_sim is None or ncpu < 2 else (pin_sim + 1) % ncpu
     started = time.time()
+    load_before = os.getloadavg()
     levels = []
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
         for interval in stream_interval:
@@ -226,7 +232,14 @@ def sim(
         "started": started,
         "ended": time.time(),
         "git_sha": _git_sha(),
-        "host": {"cpu": _cpu_model(), "cpus": ncpu, "python": platform.python_version()},
+        "host": {
+            "cpu": _cpu_model(),
+            "cpus": ncpu,
+            "python": platform.python_version(),
+            # other jobs on the host steal the pinned cores: the 1-min load average says how busy it was
+            "loadavg_1m_before": round(load_before[0], 2),
+            "loadavg_1m_after": round(os.getloadavg()[0], 2),
+        },
         "config": {
             "profile": profile,
             "duration_s": duration,

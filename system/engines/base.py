@@ -82,10 +82,15 @@ class VllmEngine(_GpuEngine):
 
 
 class TransformersEngine(_GpuEngine):
-    """`transformers serve --force-model MODEL --continuous-batching ...` (transformers >= 4.55)."""
+    """`transformers serve MODEL --continuous-batching ...` (transformers >= 5; 4.5x: model_arg: flag)."""
 
     kind: Literal["transformers"] = "transformers"
+    # transformers 5 takes the model to preload as a positional FORCE_MODEL argument (checked on 5.24);
+    # 4.5x spelled it `--force-model MODEL`
+    model_arg: Literal["positional", "flag"] = "positional"
     continuous_batching: bool = True
+    cuda_graph: bool | None = None  # --cb-use-cuda-graph / --no-cb-use-cuda-graph
+    device: str | None = None  # --device (auto, cuda:0, cpu)
     dtype: str | None = None
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2, sdpa_paged
     quantization: Literal["bnb-4bit", "bnb-8bit"] | None = None

@@ -96,18 +96,22 @@ class VllmLauncher:
 
 
 class TransformersLauncher:
-    """`transformers serve --force-model MODEL --continuous-batching ...` (no /metrics endpoint)."""
+    """`transformers serve MODEL --continuous-batching ...` (no /metrics endpoint)."""
 
     def build(
         self, spec: TransformersEngine, *, name: str, port: int, host: str = LOOPBACK, seed: int = 0
     ) -> LaunchSpec:
         base, health = _urls(host, port)
-        # --force-model loads the model at start-up (health then means "ready") and serves every request
-        cmd = [*spec.argv_prefix("transformers"), "serve", "--force-model", spec.model]
+        # a forced model is loaded at start-up (health then means "ready") and serves every request
+        model = ["--force-model", spec.model] if spec.model_arg == "flag" else [spec.model]
+        cmd = [*spec.argv_prefix("transformers"), "serve", *model]
         cmd += ["--host", host, "--port", str(port)]
         if spec.continuous_batching:
             cmd.append("--continuous-batching")
+        if spec.cuda_graph is not None:
+            cmd.append("--cb-use-cuda-graph" if spec.cuda_graph else "--no-cb-use-cuda-graph")
         optional: list[tuple[str, object]] = [
+            ("--device", spec.device),
             ("--dtype", spec.dtype),
             ("--attn-implementation", spec.attn_implementation),
             ("--quantization", spec.quantization),

@@ -83,3 +83,7 @@ def make_random_model(shape: str, out_dir: str, seed: int, dtype: str) -> None:
     """Write a random-weight Llama of SHAPE with a locally trained tokenizer into OUT."""
     path = make_random_llama(out_dir, shape, seed, dtype)
     click.echo(str(path))
+
+
+if __name__ == "__main__":
+    make_random_model()

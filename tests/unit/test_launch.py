@@ -99,7 +99,7 @@ def test_transformers_command_line(tmp_path: Path) -> None:
     spec = _experiment(tmp_path, _single(engine)).configurations[0].experts[0].engine
     launch = build_launch(spec, name="big", port=8001, seed=5)
     assert launch.cmd == [
-        "transformers", "serve", "--force-model", "Qwen/Qwen2.5-0.5B-Instruct",
+        "transformers", "serve", "Qwen/Qwen2.5-0.5B-Instruct",
         "--host", "127.0.0.1", "--port", "8001", "--continuous-batching",
         "--dtype", "bfloat16", "--attn-implementation", "sdpa_paged", "--default-seed", "5",
     ]  # fmt: skip
@@ -285,3 +285,11 @@ def test_stack_failure_stops_the_experts_already_running(tmp_path: Path) -> None
     good_port = st.planned[0].port
     with pytest.raises(OSError):  # ... and stopped with the stack: nothing listens any more
         socket.create_connection(("127.0.0.1", good_port), timeout=1).close()
+
+
+def test_transformers_flag_style_and_cuda_graph(tmp_path: Path) -> None:
+    engine = {"kind": "transformers", "model": "/models/x", "model_arg": "flag", "cuda_graph": True}
+    spec = _experiment(tmp_path, _single(engine)).configurations[0].experts[0].engine
+    cmd = build_launch(spec, name="x", port=9, seed=0).cmd
+    assert cmd[:4] == ["transformers", "serve", "--force-model", "/models/x"]
+    assert "--cb-use-cuda-graph" in cmd and "--device" not in cmd
