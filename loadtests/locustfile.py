@@ -14,7 +14,7 @@ except ImportError:  # run from a plain checkout: make the repository root impor
 
 import gevent
 from locust import events
-from locust.runners import LocalRunner, MasterRunner
+from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
 from loadtests.options import add_arguments, settings_from
 from loadtests.recording import Recorder
@@ -47,8 +47,27 @@ def _prepare(environment: Any) -> None:
     STATE.model = None  # re-resolve: the host or --model may have changed (web UI)
 
 
+def _graceful_master_quit(runner: MasterRunner) -> None:
+    """Make the master stop the workers (and collect their final stats) before it quits.
+
+    Locust's MasterRunner.quit() sends "quit" and waits only 0.5 s for the workers' last stats report; a
+    busy worker needs longer to stop hundreds of users, and Locust's totals then miss its final seconds.
+    stop() sends "stop" and waits until every worker reports "client_stopped", which each worker sends
+    after the stats it flushes in `_test_stop` below (one ordered channel), so no count is lost.
+    """
+    quit_now = runner.quit
+
+    def quit_after_stop() -> None:
+        runner.stop()
+        quit_now()
+
+    runner.quit = quit_after_stop  # type: ignore[method-assign]
+
+
 @events.init.add_listener
 def _init(environment: Any, **_: Any) -> None:
+    if isinstance(environment.runner, MasterRunner):
+        _graceful_master_quit(environment.runner)
     if environment.parsed_options is None:
         return
     try:
@@ -85,3 +104,6 @@ def _test_stop(environment: Any, **_: Any) -> None:
         STATE.recorder.monitor.stop()
         logger.info(STATE.recorder.monitor.summary())
         STATE.recorder.close()
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner) and hasattr(runner, "_send_stats"):
+        runner._send_stats()  # every user has stopped: this report is final (see _graceful_master_quit)

@@ -125,6 +125,9 @@ def run_step(target: str, users: int, seconds: float, processes: int, max_tokens
         processes=processes,
         requests=len(df),
         errors=int((~df["success"]).sum()),
+        duplicate_request_ids=int(df["request_id"].duplicated().sum()),
+        # Locust's own count; its master waits only 0.5 s for the workers' last stats report, so under
+        # heavy load it can miss the final seconds - the records are the complete set
         locust_requests=res.locust_count("E2E")[0],
     )
     return stats

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from typing import Any
 
@@ -41,6 +42,7 @@ class _Answer:
         "i",
         "include_usage",
         "kind",
+        "model",
         "n",
         "prompt_tokens",
         "t0",
@@ -175,7 +177,8 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as e:
+            print(f"fake upstream: bad request: {e!r}", file=sys.stderr)
             self.respond(400, b'{"error":{"message":"bad HTTP","type":"invalid_request_error"}}')
             self.close()
 

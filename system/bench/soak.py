@@ -156,6 +156,7 @@ def soak(
         },
         "requests": len(df),
         "errors": len(failed),
+        "duplicate_request_ids": int(df["request_id"].duplicated().sum()),
         "error_kinds": failed["error"].str.slice(0, 120).value_counts().head(5).to_dict(),
         "locust_requests": res.locust_count("E2E")[0],
         "gateway_alive_at_end": gateway_alive,

@@ -23,6 +23,10 @@ class _EngineBase(StrictModel):
     # extra environment variables for the server process
     env: dict[str, str] = Field(default_factory=dict)
     startup_timeout_s: float = Field(default=120.0, gt=0)
+    # short requests sent to the engine after it is healthy and before any measurement: real engines
+    # compile kernels / capture CUDA graphs / allocate the KV cache on their first requests (seen: 11 s on
+    # transformers serve's first continuous-batching request), which must not land in the first step's TTFT
+    warmup_requests: int = Field(default=0, ge=0)
 
 
 class SimEngine(_EngineBase):
@@ -41,6 +45,7 @@ class _GpuEngine(_EngineBase):
     # executable: a name on PATH, or an argv prefix (tests use [python, tests/integration/fake_vllm.py])
     executable: str | list[str] = ""
     startup_timeout_s: float = Field(default=900.0, gt=0)  # weights loading + CUDA graph capture
+    warmup_requests: int = Field(default=2, ge=0)
 
     @field_validator("gpus")
     @classmethod

@@ -102,7 +102,13 @@ def create_app(settings: GatewayConfig, *, classifier_loader: ClassifierLoader |
         status = "ok" if any(e.available() for e in gw.pool.experts) else "degraded"
         policy = gw.policy.kind if gw.policy else None
         return JSONResponse(
-            {"status": status, "policy": policy, "in_flight": gw.in_flight, "experts": experts}
+            {
+                "status": status,
+                "policy": policy,
+                "in_flight": gw.in_flight,
+                "upstream_connections": gw.connection_stats(),
+                "experts": experts,
+            }
         )
 
     @app.get("/metrics")

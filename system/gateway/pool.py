@@ -16,11 +16,21 @@ log = logging.getLogger("expert_router.gateway")
 class ExpertState:
     """One upstream: its URLs, load (outstanding requests) and availability."""
 
-    __slots__ = ("breaker", "health_failures", "healthy", "model", "name", "outstanding", "url", "urls")
+    __slots__ = (
+        "breaker",
+        "health_failures",
+        "healthy",
+        "model",
+        "name",
+        "outstanding",
+        "url",
+        "urls",
+    )
 
     def __init__(self, cfg: ExpertConfig, breaker: BreakerConfig) -> None:
         self.name = cfg.name
         self.url = cfg.url
+        # served model name: from the config, else discovered from the expert's /v1/models
         self.model = cfg.model
         # precomputed so the hot path does no string work
         self.urls = {p: cfg.url + p for p in ("/v1/chat/completions", "/v1/completions")}
@@ -48,11 +58,13 @@ class ExpertPool:
     def __init__(self, experts: list[ExpertConfig], breaker: BreakerConfig) -> None:
         self.experts = [ExpertState(e, breaker) for e in experts]
         self.by_name = {e.name: e for e in self.experts}
-        # a client may also address an expert by its served model name
-        self.by_model = {e.model: e for e in self.experts if e.model and e.model not in self.by_name}
 
     def lookup(self, model: str) -> ExpertState | None:
-        return self.by_name.get(model) or self.by_model.get(model)
+        """The expert a `model` names: its routing name, else its served model name."""
+        e = self.by_name.get(model)
+        if e is None:
+            e = next((x for x in self.experts if x.model == model), None)
+        return e
 
     def available(self) -> list[ExpertState]:
         return [e for e in self.experts if e.available()]
@@ -70,6 +82,8 @@ async def check_once(session: aiohttp.ClientSession, pool: ExpertPool, cfg: Heal
                 ok = r.status == 200
         except (TimeoutError, aiohttp.ClientError, OSError):
             ok = False
+        if ok and e.model is None:
+            e.model = await discover_model(session, e, timeout)
         if ok:
             if not e.healthy:
                 log.warning("expert %s is healthy again", e.name)
@@ -85,6 +99,24 @@ async def check_once(session: aiohttp.ClientSession, pool: ExpertPool, cfg: Heal
                 e.healthy = False
 
     await asyncio.gather(*(probe(e) for e in pool.experts))
+
+
+async def discover_model(
+    session: aiohttp.ClientSession, e: ExpertState, timeout: aiohttp.ClientTimeout
+) -> str | None:
+    """The first model id the expert serves (engines like vLLM reject any other `model`)."""
+    try:
+        async with session.get(e.url + "/v1/models", timeout=timeout) as r:
+            if r.status != 200:
+                return None
+            data = await r.json(content_type=None)
+        model = data["data"][0]["id"]
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    if isinstance(model, str):
+        log.info("expert %s serves model %r", e.name, model)
+        return model
+    return None
 
 
 async def health_loop(session: aiohttp.ClientSession, pool: ExpertPool, cfg: HealthConfig) -> None:

@@ -159,7 +159,8 @@ class RelayResponse(Response):
                 return
 
     def _payload(self, expert: ExpertState) -> bytes:
-        if expert.model is None:
+        # re-serialise only when the upstream would not know the name the client used ("auto", "e0")
+        if expert.model is None or self.body_obj["model"] == expert.model:
             return self.raw
         self.body_obj["model"] = expert.model
         return json.dumps(self.body_obj, ensure_ascii=False, separators=(",", ":")).encode()

@@ -129,6 +129,9 @@ class Configuration(StrictModel):
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     # single only: also go through the gateway (policy `single`) so both arms pay the same proxy hop
     via_gateway: bool = True
+    # several experts on one GPU (each engine capping its own memory share, e.g. transformers serve
+    # --cb-max-memory-percent or vLLM --gpu-memory-utilization); off by default so a typo'd id fails loudly
+    share_gpus: bool = False
     description: str = ""
 
     @field_validator("name")
@@ -155,7 +158,7 @@ class Configuration(StrictModel):
         used: dict[int, str] = {}
         for e in self.experts:
             for g in getattr(e.engine, "gpus", []):
-                if g in used:
+                if g in used and not self.share_gpus:
                     raise ValueError(f"GPU {g} is given to both {used[g]!r} and {e.name!r} in {self.name!r}")
                 used[g] = e.name
         return self

@@ -126,6 +126,27 @@ def wait_all_healthy(procs: list[tuple[ServerProcess, str, float]]) -> None:
             delay = min(delay * 1.5, 0.5)
 
 
+def warm_up(launch: LaunchSpec, n: int, timeout_s: float = 300.0) -> None:
+    """Send `n` tiny chat completions (one at a time) so first-request costs happen before measuring."""
+    body = json.dumps(
+        {
+            "model": launch.served_model,
+            "messages": [{"role": "user", "content": "warm up"}],
+            "max_tokens": 4,
+            "stream": False,
+        }
+    ).encode()
+    for i in range(n):
+        req = urllib.request.Request(
+            f"{launch.base_url}/v1/chat/completions", data=body, headers={"content-type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as r:
+                r.read()
+        except (urllib.error.URLError, OSError) as e:
+            raise ServerStartError(f"warm-up request {i + 1}/{n} to {launch.base_url} failed: {e}") from e
+
+
 def wait_groups_gone(pgids: list[int], timeout_s: float = 30.0) -> None:
     """Wait until no process of these groups is left: killed vLLM workers hold GPU memory until they are gone,
     and the next configuration's engines would start out of memory."""
@@ -237,6 +258,8 @@ class Stack:
                 sp.health_url = p.launch.health_url
                 waits.append((sp, p.launch.health_url, p.launch.startup_timeout_s))
             wait_all_healthy(waits)
+            for p, e in zip(experts, self.conf.experts, strict=True):
+                warm_up(p.launch, e.engine.warmup_requests)
             gw = [p for p in self.planned if p.role == "gateway"]
             if gw:
                 cfg = gateway_config(self.conf, experts, self.classifier_dir)

@@ -293,3 +293,50 @@ def test_transformers_flag_style_and_cuda_graph(tmp_path: Path) -> None:
     cmd = build_launch(spec, name="x", port=9, seed=0).cmd
     assert cmd[:4] == ["transformers", "serve", "--force-model", "/models/x"]
     assert "--cb-use-cuda-graph" in cmd and "--device" not in cmd
+
+
+def test_share_gpus_allows_experts_on_one_gpu(tmp_path: Path) -> None:
+    experts = [
+        {"name": n, "engine": {"kind": "transformers", "model": "/m", "gpus": [0]}} for n in ("a", "b")
+    ]
+    conf = {"name": "c", "topology": "routed", "experts": experts, "share_gpus": True}
+    cfg = _experiment(tmp_path, [conf])
+    assert [e.engine.gpus for e in cfg.configurations[0].experts] == [[0], [0]]
+    with pytest.raises(ConfigError, match="GPU 0 is given to both"):
+        _experiment(tmp_path, [{**conf, "share_gpus": False}])
+
+
+def test_warm_up_sends_requests_and_fails_clearly(tmp_path: Path) -> None:
+    import http.server
+    import json as _json
+    import threading
+
+    from system.engines.base import LaunchSpec
+    from system.processes import ServerStartError, free_port
+    from system.runner.stack import warm_up
+
+    seen: list[dict] = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(_json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    launch = LaunchSpec(cmd=[], env={}, health_url="", base_url=base, metrics_url=None, served_model="m",
+                        startup_timeout_s=1)  # fmt: skip
+    warm_up(launch, 3)
+    srv.shutdown()
+    assert len(seen) == 3 and all(b["model"] == "m" and b["max_tokens"] == 4 for b in seen)
+    dead = LaunchSpec(cmd=[], env={}, health_url="", base_url=f"http://127.0.0.1:{free_port()}",
+                      metrics_url=None, served_model="m", startup_timeout_s=1)  # fmt: skip
+    with pytest.raises(ServerStartError, match="warm-up request 1/2"):
+        warm_up(dead, 2, timeout_s=2)
+    warm_up(dead, 0)  # nothing sent, nothing raised
