@@ -23,14 +23,14 @@ from system.gateway.relay import CHAT, handle_completion
 from system.gateway.state import ADMIN_TOKEN_ENV, ClassifierLoader, Gateway
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def require_admin(gw: GatewayDep, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_admin(gw: GatewayDep, authorization: Annotated[str | None, Header()] = None) -> None:
     """Admin calls need `Authorization: Bearer $EXPERT_ROUTER_ADMIN_TOKEN`; unset variable: admin is off."""
     if gw.admin_token is None:
         raise HTTPException(403, f"admin API disabled: start the gateway with {ADMIN_TOKEN_ENV} set")

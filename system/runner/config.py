@@ -15,6 +15,7 @@ from system.engines.base import EngineSpec
 
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CLASSIFYING_POLICIES = {"cluster", "cluster_spill"}
+IGNORE_EOS_ENGINES = {"sim", "vllm"}  # engines that accept vLLM's `ignore_eos` request field
 
 
 def _slug(v: str, what: str) -> str:
@@ -162,6 +163,11 @@ class Configuration(StrictModel):
                     raise ValueError(f"GPU {g} is given to both {used[g]!r} and {e.name!r} in {self.name!r}")
                 used[g] = e.name
         return self
+
+    @property
+    def accepts_ignore_eos(self) -> bool:
+        """Whether every engine takes vLLM's `ignore_eos` (sim and vLLM do; transformers serve rejects it)."""
+        return all(e.engine.kind in IGNORE_EOS_ENGINES for e in self.experts)
 
     @property
     def uses_gateway(self) -> bool:

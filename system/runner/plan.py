@@ -50,7 +50,7 @@ def describe_plan(cfg: ExperimentConfig, run_dir: Path, only: list[str] | None =
         for s in servers:
             lines.append(f"  {s.role} {s.name}: {_cmd(s.launch.cmd, s.launch.env)}")
         target = next(s for s in servers if s.role == ("gateway" if conf.uses_gateway else "expert"))
-        workload, extra = locust_arguments(cfg, target.launch.served_model, 0)
+        workload, extra = locust_arguments(cfg, target.launch.served_model, 0, conf.accepts_ignore_eos)
         lines.append(
             f"  locust: host {target.launch.base_url}, workload {workload}, "
             f"processes {cfg.locust.processes}, args {shlex.join(extra)}"

@@ -89,8 +89,13 @@ def move_aside(step_dir: Path) -> Path | None:
     return dest
 
 
-def locust_arguments(cfg: ExperimentConfig, model: str, rep: int) -> tuple[str, list[str]]:
-    """(workload kind, extra Locust args): one prompt set everywhere, prompt order varied per repetition."""
+def locust_arguments(
+    cfg: ExperimentConfig, model: str, rep: int, ignore_eos: bool = True
+) -> tuple[str, list[str]]:
+    """(workload kind, extra Locust args): one prompt set everywhere, prompt order varied per repetition.
+
+    `ignore_eos=False` when an engine rejects vLLM's `ignore_eos` extension (transformers serve answers 422).
+    """
     spec = cfg.workload.to_spec(cfg.seed)
     kind = str(spec.pop("kind"))
     args = ["--model", model, "--num-prompts", str(spec.pop("n"))]
@@ -101,6 +106,8 @@ def locust_arguments(cfg: ExperimentConfig, model: str, rep: int) -> tuple[str, 
         args += ["--dataset", str(path)]
     for key, value in spec.items():
         args += ["--workload-option", f"{key}={value}"]
+    if not ignore_eos:
+        args.append("--no-ignore-eos")
     return kind, [*args, *cfg.locust.extra_args]
 
 
@@ -151,7 +158,7 @@ def run_step(ctx: StepContext, step: StepPlan) -> dict[str, Any]:
         ProcessSampler(step.dir / "procs.csv", stack.pids, tele.procs_interval_s),
     ]
     spawn_rate = cfg.spawn_rate_for(step.users)
-    workload, extra = locust_arguments(cfg, stack.target_model, step.rep)
+    workload, extra = locust_arguments(cfg, stack.target_model, step.rep, stack.conf.accepts_ignore_eos)
     info: dict[str, Any] = {
         "config": step.config,
         "topology": step.topology,

@@ -340,3 +340,8 @@ def test_warm_up_sends_requests_and_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(ServerStartError, match="warm-up request 1/2"):
         warm_up(dead, 2, timeout_s=2)
     warm_up(dead, 0)  # nothing sent, nothing raised
+
+
+def test_transformers_configuration_does_not_send_ignore_eos(tmp_path: Path) -> None:
+    conf = _experiment(tmp_path, _single({"kind": "transformers", "model": "/m"})).configurations[0]
+    assert not conf.accepts_ignore_eos

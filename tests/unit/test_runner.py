@@ -283,3 +283,11 @@ def test_kill_stale_load_kills_only_the_locust_of_that_records_dir(tmp_path: Pat
         for p in (mine, other):
             p.kill()
             p.wait()
+
+
+def test_no_ignore_eos_for_engines_that_reject_it(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    _, args = locust_arguments(cfg, "auto", rep=0, ignore_eos=False)
+    assert args[-1] == "--no-ignore-eos"
+    assert "--no-ignore-eos" not in locust_arguments(cfg, "auto", rep=0)[1]
+    assert all(c.accepts_ignore_eos for c in cfg.configurations)  # sims take vLLM's extension
