@@ -24,6 +24,7 @@ CONNECT_ERRORS = (
 )
 FORWARD_HEADERS = ("authorization", "x-request-id", "traceparent")
 CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
 
 
 class BadRequest(Exception):
