@@ -8,7 +8,8 @@ Definitions (vLLM `benchmark_serving` compatible):
 - TTFT: send -> the first chunk that carries generated text (role-only / empty chunks do not count);
 - ITL: gaps between successive text-bearing chunks. When the network coalesces several chunks into one
   read, their gaps are ~0 (the bytes did arrive together); a chunk holding several tokens counts once;
-- E2E: send -> the end of the stream (`data: [DONE]`);
+- E2E: send -> the end of the stream (`data: [DONE]`, or the end of the body after a `finish_reason` for
+  servers that send no `[DONE]`, e.g. transformers serve);
 - TPOT: (E2E - TTFT) / (output tokens - 1), filled by RequestRecord.finish_derived().
 """
 
@@ -106,6 +107,9 @@ def stream_request(
     usage: dict[str, Any] | None = None
     timing: dict[str, Any] | None = None
     done = False
+    finished = (
+        False  # a choice carried finish_reason: servers that omit `[DONE]` (transformers serve) end here
+    )
     try:
         resp = client.request("POST", path, body=payload, headers=headers)
     except Exception as e:
@@ -150,6 +154,8 @@ def stream_request(
                     rec.itl_s.append(last_t - prev_t)
                 prev_t = last_t
                 texts.append(text)
+            if any(isinstance(c, dict) and c.get("finish_reason") for c in obj.get("choices") or ()):
+                finished = True
             if obj.get("usage"):
                 usage = obj["usage"]
             if isinstance(obj.get("sim_timing"), dict):
@@ -166,8 +172,8 @@ def stream_request(
             rec.ttft_s = first_t - t0
         if timing is not None:
             _apply_ground_truth(rec, timing)
-        _apply_usage(rec, usage, prompt_text, "".join(texts))
-    if not done:
+        _apply_usage(rec, usage, prompt_text, "".join(texts), len(texts))
+    if not (done or finished):
         rec.error = f"stream ended without [DONE] after {len(texts)} chunk(s)"
         return False
     if first_t is None:
@@ -177,12 +183,16 @@ def stream_request(
     return True
 
 
-def _apply_usage(rec: RequestRecord, usage: dict[str, Any] | None, prompt_text: str, output: str) -> None:
+def _apply_usage(
+    rec: RequestRecord, usage: dict[str, Any] | None, prompt_text: str, output: str, chunks: int = 0
+) -> None:
     if usage and isinstance(usage.get("completion_tokens"), int):
         rec.output_tokens = int(usage["completion_tokens"])
         rec.prompt_tokens = int(usage.get("prompt_tokens") or count_tokens(prompt_text))
         rec.tokens_from_usage = True
     else:
-        rec.output_tokens = count_tokens(output)
+        # no usage: servers that ignore include_usage (transformers serve) stream one token per content
+        # chunk, which beats re-tokenising their text with our approximate tokenizer
+        rec.output_tokens = chunks or count_tokens(output)
         rec.prompt_tokens = count_tokens(prompt_text)
         rec.tokens_from_usage = False

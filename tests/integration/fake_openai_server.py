@@ -96,6 +96,7 @@ async def _completion(request: web.Request) -> web.StreamResponse:
     if chat:  # like vLLM: a role-only chunk with empty content arrives first
         await send({"id": rid, "object": obj, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    include_usage = include_usage and not args.no_done_no_usage
     for i in range(max_tokens):
         await asyncio.sleep(max(0.0, first_due + i * args.itl_ms / 1000.0 - time.time()))
         if args.abort_after_tokens and i >= args.abort_after_tokens:
@@ -117,7 +118,8 @@ async def _completion(request: web.Request) -> web.StreamResponse:
             "total_tokens": prompt_tokens + max_tokens,
         }
         await send({"id": rid, "object": obj, "choices": [], "usage": usage, "sim_timing": timing})
-    await send("[DONE]")
+    if not args.no_done_no_usage:
+        await send("[DONE]")
     await resp.write_eof()
     return resp
 
@@ -157,6 +159,8 @@ def main() -> None:
     p.add_argument("--router-headers", action="store_true")
     p.add_argument("--fail-every", type=int, default=0)
     p.add_argument("--abort-after-tokens", type=int, default=0)
+    # like transformers serve: ignores stream_options (no usage chunk) and ends the body without [DONE]
+    p.add_argument("--no-done-no-usage", action="store_true")
     args = p.parse_args()
     app = web.Application()
     app["args"] = args

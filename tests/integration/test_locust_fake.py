@@ -121,3 +121,15 @@ def test_steps_shape_ramps_and_stops_by_itself(tmp_path: Path, shape: str) -> No
     early = df[df["start_ts"] < first + 2.5]
     assert early["user_id"].nunique() <= 2  # first step: 2 users
     assert not math.isnan(df["ttft_s"].max())
+
+
+def test_servers_without_done_or_usage_succeed_and_count_chunks(tmp_path: Path) -> None:
+    # transformers serve ends the body after the finish_reason chunk and ignores include_usage
+    with fake_server(tmp_path, "--ttft-ms", "20", "--itl-ms", "2", "--no-done-no-usage") as srv:
+        res = run_locust(host_of(srv), 2, 2, 4, tmp_path / "records", extra_args=["--max-tokens", "7"])
+    assert res.returncode == 0, res.log_tail()
+    df = read_records(res.record_paths)
+    assert len(df) >= 4
+    assert df["success"].all(), df["error"].unique()
+    assert (df["output_tokens"] == 7).all() and not df["tokens_from_usage"].any()
+    assert (df["e2e_s"] > df["ttft_s"]).all()
