@@ -33,6 +33,7 @@ def _has_token(chunk: bytes) -> bool:
 
 async def _user(
     session: aiohttp.ClientSession,
+    headers: dict[str, str],
     urls: list[str],
     bodies: list[bytes],
     uid: int,
@@ -43,7 +44,6 @@ async def _user(
 ) -> None:
     await asyncio.sleep(start_delay)
     i = uid
-    headers = {"content-type": "application/json"}
     while time.perf_counter() < stop_at:
         url = urls[i % len(urls)]
         body = bodies[i % len(bodies)]
@@ -60,7 +60,8 @@ async def _user(
                 async for chunk in resp.content.iter_any():
                     if ttft < 0 and _has_token(chunk):
                         ttft = time.perf_counter() - t0
-                    tail = (tail + chunk)[-2048:]
+                    # keep only the end of the stream (usage event); no copy when the chunk alone suffices
+                    tail = chunk if len(chunk) >= 2048 else (tail + chunk)[-2048:]
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
             await asyncio.sleep(0.05)  # do not spin on a dead target
@@ -74,7 +75,7 @@ async def _user(
 
 
 async def run(
-    urls: list[str], bodies: list[bytes], users: int, seconds: float, warmup: float
+    urls: list[str], bodies: list[bytes], users: int, seconds: float, warmup: float, headers: dict[str, str]
 ) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
@@ -89,7 +90,7 @@ async def run(
         ramp = min(warmup / 2, 1.0)
         tasks = [
             asyncio.create_task(
-                _user(session, urls, bodies, u, rng.random() * ramp, stop_at, results, errors)
+                _user(session, headers, urls, bodies, u, rng.random() * ramp, stop_at, results, errors)
             )
             for u in range(users)
         ]
@@ -124,11 +125,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, required=True)
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--header", action="append", default=[], help="extra request header 'Name: value'")
     args = ap.parse_args(argv)
+    headers = {"content-type": "application/json"}
+    for h in args.header:
+        name, _, value = h.partition(":")
+        headers[name.strip()] = value.strip()
     bodies = [json.dumps(b).encode() for b in json.loads(args.bodies.read_text())]
     import uvloop  # ships with uvicorn[standard]
 
-    res = uvloop.run(run(args.url, bodies, args.users, args.seconds, args.warmup))
+    res = uvloop.run(run(args.url, bodies, args.users, args.seconds, args.warmup, headers))
     args.out.write_text(json.dumps(res))
 
 

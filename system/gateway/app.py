@@ -22,7 +22,8 @@ from starlette.types import Receive, Scope, Send
 from system.config import StrictModel
 from system.gateway.config import GatewayConfig, PolicyConfig
 from system.gateway.errors import error_response
-from system.gateway.relay import CHAT, COMPLETIONS, handle_completion
+from system.gateway.relay import handle_completion
+from system.gateway.request import CHAT, COMPLETIONS
 from system.gateway.state import ADMIN_TOKEN_ENV, ClassifierLoader, Gateway
 
 log = logging.getLogger("expert_router.gateway")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -33,6 +34,11 @@ def gateway(config_path: str, host: str | None, port: int | None, log_level: str
 
     from system.gateway.app import create_app
 
+    # The relay allocates short-lived objects by the million (requests, responses, futures); profiling at
+    # 500 streams showed ~19 % of the gateway's CPU in the cyclic GC with default thresholds. Collect the
+    # young generation 70x less often; long-lived startup objects are frozen out of collections in
+    # Gateway.start(). Reference counting still frees almost everything immediately.
+    gc.set_threshold(50_000, 20, 100)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         create_app(cfg),
@@ -45,4 +51,5 @@ def gateway(config_path: str, host: str | None, port: int | None, log_level: str
         backlog=4096,
         timeout_keep_alive=30,
         lifespan="on",
+        proxy_headers=False,  # no proxy in front of us on loopback: skip X-Forwarded-* parsing per request
     )

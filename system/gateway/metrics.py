@@ -72,3 +72,12 @@ class GatewayMetrics:
             "router_rejected", "Requests refused before routing, by reason", ["reason"], registry=r
         )
         r.register(_PoolCollector(pool))
+        self._request_children: dict[tuple[str, str, int], Counter] = {}
+
+    def count_request(self, expert: str, policy: str, status: int) -> None:
+        """requests_total += 1, with the labelled child cached (labels() costs a lock and a tuple build)."""
+        key = (expert, policy, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(expert, policy, str(status))
+        child.inc()

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 import aiohttp
-from starlette.requests import ClientDisconnect, Request
+from aiohttp.payload import BytesPayload
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from system.gateway.errors import error_body, error_response, sse_error_event
 from system.gateway.pool import ExpertState
+from system.gateway.request import (
+    BadRequest,
+    parse_body,
+    prompt_text,
+    read_body,
+    rewrite_model,
+)
 from system.gateway.state import Gateway
 
 # Failures where the upstream cannot have started work on the request: retrying elsewhere is invisible.
@@ -23,76 +30,6 @@ CONNECT_ERRORS = (
     aiohttp.ServerDisconnectedError,
 )
 FORWARD_HEADERS = ("authorization", "x-request-id", "traceparent")
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param = status, message, param
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over `limit` bytes without buffering it."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    parts: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BadRequest(413, f"request body exceeds the limit of {limit} bytes")
-            parts.append(chunk)
-    except ClientDisconnect:
-        raise BadRequest(499, "client disconnected while sending the body") from None
-    return b"".join(parts)
-
-
-def parse_body(raw: bytes) -> dict[str, Any]:
-    if not raw:
-        raise BadRequest(400, "request body is empty; expected a JSON object")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(400, f"request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise BadRequest(400, f"request body must be a JSON object, got {type(body).__name__}")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest(400, "`model` is required: 'auto' to route, or an expert name", "model")
-    return body
-
-
-def prompt_text(body: dict[str, Any], path: str, max_chars: int) -> str:
-    """What the classifier sees: the user turns of a chat, or the completion prompt."""
-    if path == CHAT:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest(400, "`messages` must be a non-empty list", "messages")
-        parts: list[str] = []
-        for m in messages:
-            if not isinstance(m, dict) or m.get("role") != "user":
-                continue
-            content = m.get("content")
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):  # content parts: keep the text ones
-                parts.extend(
-                    p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
-                )
-        text = "\n".join(parts)
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, str):
-            text = prompt
-        elif isinstance(prompt, list) and prompt:
-            text = "\n".join(p for p in prompt if isinstance(p, str))  # token-id prompts classify as ""
-        else:
-            raise BadRequest(400, "`prompt` must be a string or a non-empty list", "prompt")
-    return text[:max_chars]
 
 
 class RelayResponse(Response):
@@ -128,27 +65,45 @@ class RelayResponse(Response):
             t0,
         )
         self.background = None
-        self.done = False
+        self.done = False  # the response is complete (or about to be): no cancellation from here on
         self.disconnected = False
+        self.timed_out = False
+        self.headers_sent = False
         self.status = 0
+        self.last_io = 0.0  # loop time of the last upstream progress, read by Gateway's read-timeout watchdog
+        self.task: asyncio.Task[Any] | None = None
+
+    def expire(self) -> None:
+        """Called by the watchdog: the upstream has been silent longer than read_timeout_s."""
+        if not self.done and self.task is not None:
+            self.timed_out = True
+            self.task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
         task = asyncio.current_task()
         assert task is not None
+        self.task = task
         watcher = asyncio.create_task(self._watch(receive, task))
+        gw.active.add(self)
         try:
             await self._run(send)
         except asyncio.CancelledError:
-            if not self.disconnected:
+            # our own cancellations: the client left (nothing more to send), or the read-timeout watchdog
+            if self.disconnected:
+                task.uncancel()
+                self.status = 499
+            elif self.timed_out:
+                task.uncancel()
+                await self._on_timeout(send)
+            else:
                 raise
-            task.uncancel()  # our own cancellation: the client is gone, nothing left to send
-            self.status = 499
         finally:
             self.done = True
             watcher.cancel()
+            gw.active.discard(self)
             gw.in_flight -= 1
-            gw.metrics.requests.labels(self.expert.name, self.policy_kind, str(self.status)).inc()
+            gw.metrics.count_request(self.expert.name, self.policy_kind, self.status)
 
     async def _watch(self, receive: Receive, task: asyncio.Task[Any]) -> None:
         while True:
@@ -159,12 +114,21 @@ class RelayResponse(Response):
                     task.cancel()
                 return
 
-    def _payload(self, expert: ExpertState) -> bytes:
-        # re-serialise only when the upstream would not know the name the client used ("auto", "e0")
-        if expert.model is None or self.body_obj["model"] == expert.model:
-            return self.raw
-        self.body_obj["model"] = expert.model
-        return json.dumps(self.body_obj, ensure_ascii=False, separators=(",", ":")).encode()
+    async def _on_timeout(self, send: Send) -> None:
+        e = self.expert
+        e.breaker.record_failure()
+        self.gw.metrics.upstream_errors.labels(e.name, "timeout").inc()
+        msg = f"expert {e.name} sent nothing for {self.gw.limits.read_timeout_s:g} s (read timeout)"
+        if not self.headers_sent:
+            await self._error(send, 504, msg)
+            return
+        self.status = 504  # stream already started: in-band error, then cut the connection (see _relay)
+        await send({"type": "http.response.body", "body": sse_error_event(504, msg), "more_body": True})
+
+    def _payload(self, expert: ExpertState) -> BytesPayload:
+        return BytesPayload(
+            rewrite_model(self.raw, self.body_obj, expert.model), content_type="application/json"
+        )
 
     async def _error(self, send: Send, status: int, message: str) -> None:
         self.status = status
@@ -204,6 +168,7 @@ class RelayResponse(Response):
                 continue
             expert.outstanding += 1
             t_dispatch = time.perf_counter()
+            self.last_io = self.gw.loop_time()
             try:
                 resp = await session.post(
                     expert.urls[self.path], data=self._payload(expert), headers=self.fwd_headers
@@ -220,12 +185,6 @@ class RelayResponse(Response):
                 metrics.retries.inc()
                 expert = self.expert = alt
                 continue
-            except TimeoutError:
-                expert.outstanding -= 1
-                expert.breaker.record_failure()
-                metrics.upstream_errors.labels(expert.name, "timeout").inc()
-                await self._error(send, 504, f"expert {expert.name} did not answer within the timeout")
-                return
             except aiohttp.ClientError as e:
                 expert.outstanding -= 1
                 expert.breaker.record_failure()
@@ -270,10 +229,6 @@ class RelayResponse(Response):
         if not ctype.startswith("text/event-stream"):
             try:
                 data = await resp.read()
-            except TimeoutError:
-                self.gw.metrics.upstream_errors.labels(expert.name, "timeout").inc()
-                await self._error(send, 504, f"expert {expert.name} stopped answering (read timeout)")
-                return
             except aiohttp.ClientError as e:
                 expert.breaker.record_failure()
                 self.gw.metrics.upstream_errors.labels(expert.name, "broken").inc()
@@ -289,25 +244,25 @@ class RelayResponse(Response):
             return
         overhead = (t_dispatch - self.t0) + (time.perf_counter() - t_headers)
         headers += self._router_headers(expert, overhead)
+        self.headers_sent = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
         self.gw.metrics.overhead.observe(overhead)
         readany = resp.content.readany
+        now = self.gw.loop_time
         try:
             while True:
                 chunk = await readany()
                 if not chunk:
                     break
+                self.last_io = now()  # the whole per-chunk cost of timeout handling
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (aiohttp.ClientError, TimeoutError) as e:
+        except aiohttp.ClientError as e:
             # headers are out: tell the client in-band, then end the connection without the final
             # chunk so that no client can mistake the cut stream for a complete answer
-            timeout = isinstance(e, TimeoutError)
-            if not timeout:
-                expert.breaker.record_failure()
-            self.gw.metrics.upstream_errors.labels(expert.name, "timeout" if timeout else "broken").inc()
-            self.status = 504 if timeout else 502
-            what = "stopped answering (read timeout)" if timeout else f"broke off the stream: {e!r}"
-            event = sse_error_event(self.status, f"expert {expert.name} {what}")
+            expert.breaker.record_failure()
+            self.gw.metrics.upstream_errors.labels(expert.name, "broken").inc()
+            self.status = 502
+            event = sse_error_event(502, f"expert {expert.name} broke off the stream: {e!r}")
             await send({"type": "http.response.body", "body": event, "more_body": True})
             return
         self.done = True
@@ -355,7 +310,7 @@ async def handle_completion(gw: Gateway, request: Request, path: str) -> Respons
         gw.metrics.rejected.labels("too_large" if e.status == 413 else "bad_request").inc()
         return error_response(e.status, e.message, param=e.param)
     hdrs = request.headers
-    fwd = {"content-type": "application/json"}
+    fwd = {}
     for h in FORWARD_HEADERS:
         v = hdrs.get(h)
         if v is not None:

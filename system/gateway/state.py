@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -15,6 +18,9 @@ from system.gateway.config import CLASSIFYING_POLICIES, GatewayConfig, PolicyCon
 from system.gateway.metrics import GatewayMetrics
 from system.gateway.policies import Classifier, Policy, build_policy
 from system.gateway.pool import ExpertPool, check_once, health_loop
+
+if TYPE_CHECKING:
+    from system.gateway.relay import RelayResponse
 
 log = logging.getLogger("expert_router.gateway")
 
@@ -46,6 +52,9 @@ class Gateway:
         self.in_flight = 0
         self.admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
         self._health_task: asyncio.Task[None] | None = None
+        self._watchdog_task: asyncio.Task[None] | None = None
+        self.active: set[RelayResponse] = set()  # requests being relayed, for the read-timeout watchdog
+        self.loop_time: Callable[[], float] = time.monotonic  # replaced by the running loop's clock
 
     async def start(self) -> None:
         if self.classifier_path is not None:
@@ -61,22 +70,41 @@ class Gateway:
         )
         self.session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=lim.connect_timeout_s, sock_read=lim.read_timeout_s
-            ),
+            # no sock_read: aiohttp would re-arm a timer on every chunk; `_watchdog` checks silence instead
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=lim.connect_timeout_s),
             auto_decompress=False,  # bytes are relayed unchanged, Content-Encoding included
-            skip_auto_headers=("User-Agent",),
+            # fewer headers to build and send; no Accept-Encoding: compressed streams would only cost CPU
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
             raise_for_status=False,
         )
         # one synchronous round so experts that are down at start are known before the first request
         await check_once(self.session, self.pool, self.cfg.health)
         self._health_task = asyncio.create_task(health_loop(self.session, self.pool, self.cfg.health))
+        self.loop_time = asyncio.get_running_loop().time
+        self._watchdog_task = asyncio.create_task(self._watchdog())
+        # everything allocated so far (modules, classifier, app) lives as long as the process: keep the
+        # cyclic GC from re-scanning it on every collection
+        gc.collect()
+        gc.freeze()
+
+    async def _watchdog(self) -> None:
+        """Expire relays whose upstream has been silent for read_timeout_s (before headers or between
+        chunks): one sweep per period instead of a timer per chunk."""
+        limit = self.limits.read_timeout_s
+        period = min(1.0, limit / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = self.loop_time()
+            for r in list(self.active):
+                if now - r.last_io > limit:
+                    r.expire()
 
     async def stop(self) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        for t in (self._health_task, self._watchdog_task):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
         if self.session is not None:
             await self.session.close()
 

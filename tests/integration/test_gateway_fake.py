@@ -339,3 +339,32 @@ def test_fake_events_are_valid_json(shared: list[int]) -> None:
         events = [ln[6:] for ln in r.read().decode().splitlines() if ln.startswith("data: ")]
     assert events[-1] == "[DONE]"
     assert json.loads(events[-2])["usage"]["completion_tokens"] == 3
+
+
+async def test_silent_stream_is_cut_with_in_band_504(tmp_path: Path) -> None:
+    with upstreams(tmp_path, n=1, ttft_ms=10, itl_ms=600, chunks=5) as (ports, _):
+        cfg = make_cfg(ports, limits={"read_timeout_s": 0.2})
+        async with gateway_in_process(cfg, KeywordClassifier()) as url:
+            client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            stream = await client.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            got = 0
+            with pytest.raises(openai.APIError, match="read timeout"):
+                async for _ in stream:
+                    got += 1
+            assert got == 1  # the first token came, then 600 ms of silence
+            assert await wait_running_zero(ports, 1.0) < 1.0  # and the upstream request was dropped
+
+
+async def test_fastapi_lane_behaves_like_the_fast_path(
+    shared: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the completion endpoints are also ordinary FastAPI routes (used when the direct lane is off)
+    monkeypatch.setenv("EXPERT_ROUTER_GATEWAY_FASTPATH", "0")
+    async with gateway_in_process(make_cfg(shared), KeywordClassifier()) as url, aiohttp.ClientSession() as s:
+        async with s.post(url + "/v1/chat/completions", json=chat("code", stream=True, max_tokens=3)) as r:
+            assert r.status == 200 and r.headers["x-router-expert"] == "e1"
+            assert (await r.read()).endswith(b"data: [DONE]\n\n")
+        async with s.post(url + "/v1/completions", data=b"[]") as r:
+            assert r.status == 400 and "JSON object" in (await r.json())["error"]["message"]

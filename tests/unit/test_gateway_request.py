@@ -7,7 +7,7 @@ import json
 import pytest
 
 from system.gateway.errors import error_body
-from system.gateway.relay import CHAT, BadRequest, parse_body, prompt_text
+from system.gateway.request import CHAT, BadRequest, parse_body, prompt_text
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,25 @@ def test_prompt_text_chat_and_completion() -> None:
 def test_error_body_is_openai_shaped() -> None:
     err = json.loads(error_body(429, "busy"))["error"]
     assert err == {"message": "busy", "type": "rate_limit_error", "param": None, "code": 429}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}]}',
+        b'{"messages": [], "model" :"auto" , "n": 1}',
+        b'{"model": "au\\u0074o", "messages": []}',
+        # the text "model": inside a string, and a nested model key: must fall back to re-serialising
+        b'{"model": "auto", "messages": [{"role": "user", "content": "\\"model\\": \\"x\\""}]}',
+        b'{"model": "auto", "response_format": {"model": "auto"}}',
+    ],
+)
+def test_rewrite_model_changes_only_the_model(raw: bytes) -> None:
+    from system.gateway.request import rewrite_model
+
+    body = json.loads(raw)
+    out = rewrite_model(raw, body, "served")
+    assert json.loads(out) == {**body, "model": "served"}
+    assert body["model"] == "auto"  # the parsed body is not mutated (a retry rewrites again)
+    assert rewrite_model(raw, body, None) is raw
+    assert rewrite_model(raw, body, "auto") is raw
