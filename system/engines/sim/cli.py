@@ -9,7 +9,8 @@ import sys
 
 import click
 
-from system.engines.sim.profiles import PROFILES, UnknownProfileError, get_profile
+from system.engines.sim.profilefiles import ProfileFileError, resolve_profile
+from system.engines.sim.profiles import PROFILES, UnknownProfileError
 
 
 def _raise_nofile_limit() -> None:
@@ -22,7 +23,12 @@ def _raise_nofile_limit() -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--profile", "profile_name", default=None, help="Profile name (see --list-profiles).")
+@click.option(
+    "--profile",
+    "profile_name",
+    default=None,
+    help="Profile name (see --list-profiles) or a profile JSON file (e.g. from `expert-router calibrate`).",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="TCP port to listen on.")
 @click.option("--host", default="127.0.0.1", help="Interface to bind.")
 @click.option("--seed", type=int, default=0, help="Seed of the natural output-length draw.")
@@ -80,9 +86,11 @@ def sim(
     if profile_name is None or port is None:
         raise click.UsageError("--profile and --port are required (or use --list-profiles)")
     try:
-        profile = get_profile(profile_name)
+        profile = resolve_profile(profile_name)
     except UnknownProfileError as e:
         raise click.BadParameter(str(e.args[0]), param_hint="--profile") from None
+    except ProfileFileError as e:
+        raise click.BadParameter(str(e), param_hint="--profile") from None
     profile = profile.with_overrides(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,

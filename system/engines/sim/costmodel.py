@@ -14,13 +14,15 @@ class BatchShape:
     num_tokens: tokens computed this step (prefill chunk tokens + one per decoding sequence);
     num_seqs: sequences in the step (each gets one LM-head row and, if caught up, one sampled token);
     attn_pairs: sum over computed tokens of the context each attends to (query-key pairs per head/layer);
-    kv_read_tokens: sum over sequences of the KV entries read (context before + new tokens).
+    kv_read_tokens: sum over sequences of the KV entries read (context before + new tokens);
+    num_new_seqs: sequences admitted from the waiting queue this step (new or resumed after preemption).
     """
 
     num_tokens: int
     num_seqs: int
     attn_pairs: float
     kv_read_tokens: int
+    num_new_seqs: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ def step_cost(p: Profile, shape: BatchShape) -> StepCost:
     Bytes  = weights (quantised size) + KV read (kv_read_tokens · kv_bytes_per_token) + KV written (T · same)
     Each TP shard does 1/TP of both. compute = FLOPs/TP / (peak · compute_eff);
     memory = Bytes/TP / (HBM bw · memory_eff).
+    Overhead = step_overhead + per_seq_overhead·S + per_token_overhead·T + per_request_overhead·N_new
+    (host side, not overlapped; all but the first are 0 except in calibrated CPU-bound engine profiles).
     All-reduce (TP > 1): 2 per layer (after attention and after the MLP) of T·hidden bf16 values, ring
     algorithm: 2·(TP-1)/TP · bytes / (NVLink per-direction bw · comm_eff) + a fixed latency each.
     """
@@ -63,7 +67,13 @@ def step_cost(p: Profile, shape: BatchShape) -> StepCost:
         msg = shape.num_tokens * m.hidden * 2.0
         per_ar = 2.0 * (tp - 1) / tp * msg / (hw.nvlink_gbs * 1e9 * p.comm_eff) + p.allreduce_latency_s
         comm_s = 2 * m.layers * per_ar
-    return StepCost(compute_s, memory_s, comm_s, p.step_overhead_s)
+    overhead_s = (
+        p.step_overhead_s
+        + p.per_seq_overhead_s * shape.num_seqs
+        + p.per_token_overhead_s * shape.num_tokens
+        + p.per_request_overhead_s * shape.num_new_seqs
+    )
+    return StepCost(compute_s, memory_s, comm_s, overhead_s)
 
 
 def step_time_s(p: Profile, shape: BatchShape) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 GIB = 1024**3
 MIB = 1024**2
@@ -118,11 +119,59 @@ TINY = ModelSpec(
     source="synthetic (debug profile)",
 )
 
+
+def llama_params(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int) -> float:
+    """Parameters of a Llama config: untied embedding + LM head, q/k/v/o, gated MLP, 2 norms per layer."""
+    head_dim = hidden // heads
+    attn = hidden * hidden * 2 + 2 * hidden * kv_heads * head_dim
+    per_layer = attn + 3 * hidden * intermediate + 2 * hidden
+    return float(2 * vocab * hidden + layers * per_layer + hidden)
+
+
+# The random-weight Llamas the real-engine experiments build (system/engines/random_model.py SHAPES):
+# "1b" is TinyLlama-1.1B's config (max_position 4096 as built there), "tiny" the CPU test model.
+TINYLLAMA_1B = ModelSpec(
+    name="Llama-1.1B (TinyLlama shape)",
+    params=llama_params(2048, 5632, 22, 32, 4, 32000),  # 1.100 B
+    layers=22,
+    hidden=2048,
+    heads=32,
+    kv_heads=4,
+    head_dim=64,
+    vocab=32000,
+    max_position=4096,
+    source="TinyLlama/TinyLlama-1.1B config.json shape (random_model.py SHAPES['1b']); params from the shape",
+)
+LLAMA_TINY_RANDOM = ModelSpec(
+    name="Llama-tiny (random weights)",
+    params=llama_params(64, 128, 2, 4, 2, 2000),  # 0.33 M
+    layers=2,
+    hidden=64,
+    heads=4,
+    kv_heads=2,
+    head_dim=16,
+    vocab=2000,
+    max_position=2048,
+    source="random_model.py SHAPES['tiny'] (hidden 64, MLP 128, 2 layers, 4/2 heads, vocab 2000)",
+)
+# The 2-vCPU build box the CPU calibration ran on (lscpu: AMD EPYC, 2 cores, AVX-512 + FMA, 2.6 GHz,
+# 23 GiB). Peak fp32 = 2 cores x 2.6 GHz x 32 FLOP/cycle (two 256-bit FMA pipes) = 0.166 TFLOPS; memory
+# bandwidth 20 GB/s is an assumption (not measured). The tiny model's compute and bytes are negligible
+# next to the host overheads the calibration fits; these numbers only keep the roofline terms honest.
+CPU_2C_EPYC = Hardware(
+    name="cpu-2c-epyc",
+    bf16_tflops=0.166,
+    hbm_gbs=20.0,
+    memory_bytes=23 * GIB,
+    nvlink_gbs=1.0,  # unused (TP 1)
+    source="lscpu, calibration host: 2 vCPU AMD EPYC @2.6 GHz, AVX-512/FMA (fp32 peak); 20 GB/s assumed",
+)
+
 # 4-bit AWQ/GPTQ (W4A16, group size 128): every linear layer stores 4-bit weights plus one fp16 scale and one
 # packed 4-bit zero point per 128 weights -> 4 + (16 + 4) / 128 ≈ 4.16 bits per weight; embeddings and the
 # LM head stay bf16 (AutoAWQ / GPTQ defaults). Resulting sizes (8B ≈ 5.7 GB, 70B ≈ 40 GB) match the published
 # AWQ checkpoints of Llama-3 to within a few per cent.
-QUANT_BITS = {"bf16": 16.0, "awq": 4.0 + 20.0 / 128.0}
+QUANT_BITS = {"bf16": 16.0, "awq": 4.0 + 20.0 / 128.0, "fp32": 32.0}  # fp32: CPU engines (calibration)
 
 # Efficiency assumptions (fractions of datasheet peak). These are NOT measured here; they are typical
 # published serving figures and are the knobs `expert-router calibrate` fits to real vLLM runs:
@@ -159,6 +208,15 @@ class Profile:
     comm_eff: float = DEFAULT_COMM_EFF
     allreduce_latency_s: float = DEFAULT_ALLREDUCE_LATENCY_S
     step_overhead_s: float = 0.0015
+    # Host-side cost that grows with the batch (0 for the vLLM profiles, whose CUDA-graph steps hide it):
+    # engines whose step is CPU/launch bound (transformers continuous batching: Python bookkeeping, input
+    # tensors built per request, per-token detokenise + SSE in the same process) pay it per running
+    # sequence and per scheduled token, and once per request admitted (request set-up: input tensors,
+    # cache allocation, and the intake work of the HTTP side holding the same GIL). Fitted by
+    # `expert-router calibrate` (docs/CALIBRATION.md).
+    per_seq_overhead_s: float = 0.0
+    per_token_overhead_s: float = 0.0
+    per_request_overhead_s: float = 0.0
     # output length when a request does not force it: lognormal with this median and sigma (tokens)
     output_len_median: float = 128.0
     output_len_sigma: float = 1.0
@@ -304,6 +362,57 @@ def _build_registry() -> dict[str, Profile]:
     return reg
 
 
+# Starting points for `expert-router calibrate` (not served, not in PROFILES): transformers serve
+# --continuous-batching on the real-engine experiments' hardware and models, host overheads 0. Scheduler
+# limits are transformers' CB defaults (5.x generation/continuous_batching: max_batch_tokens 8192,
+# max_requests_per_batch 1024, page_size 256); KV memory is the share --cb-max-memory-percent gives
+# (gpu_h100.yaml single: 0.6). The fitted profiles are the JSON files in calibrated/ (registered below),
+# named as these without "-uncalibrated".
+CALIBRATION_BASES: dict[str, Profile] = {
+    "transformers-cb-h100-llama-1b-uncalibrated": Profile(
+        name="transformers-cb-h100-llama-1b-uncalibrated",
+        hardware=H100_SXM,
+        model=TINYLLAMA_1B,
+        gpu_memory_utilization=0.6,
+        block_size=256,
+        max_num_seqs=1024,
+        max_num_batched_tokens=8192,
+        max_model_len=4096,
+        step_overhead_s=0.0,
+        description="transformers serve --continuous-batching --cb-use-cuda-graph, 1.1B Llama, 1x H100",
+    ),
+    "transformers-cb-cpu-llama-tiny-uncalibrated": Profile(
+        name="transformers-cb-cpu-llama-tiny-uncalibrated",
+        hardware=CPU_2C_EPYC,
+        model=LLAMA_TINY_RANDOM,
+        quant="fp32",
+        gpu_memory_utilization=0.5,
+        non_kv_reserve_bytes=1 * GIB,
+        block_size=32,  # cpu_sweep.yaml: --cb-num-blocks 256 --cb-block-size 32
+        num_gpu_blocks_override=256,
+        max_num_seqs=1024,
+        max_num_batched_tokens=8192,
+        max_model_len=2048,
+        compute_eff=1.0,
+        memory_eff=1.0,
+        step_overhead_s=0.0,
+        description="transformers serve --continuous-batching on 2 CPU cores, tiny random Llama, fp32",
+    ),
+}
+CALIBRATED_DIR = Path(__file__).with_name("calibrated")
+
+
+def _load_calibrated() -> dict[str, Profile]:
+    """Calibrated profiles shipped as JSON (calibrated/*.json, written by `expert-router calibrate --out`)."""
+    from system.engines.sim.profilefiles import load_profile_file  # local: profilefiles imports this module
+
+    out: dict[str, Profile] = {}
+    for f in sorted(CALIBRATED_DIR.glob("*.json")):
+        prof = load_profile_file(f)
+        out[prof.name] = prof
+    return out
+
+
 PROFILES: dict[str, Profile] = _build_registry()
 
 
@@ -324,3 +433,6 @@ def get_profile(name: str) -> Profile:
 
 def blocks_for(tokens: int, block_size: int) -> int:
     return math.ceil(tokens / block_size)
+
+
+PROFILES.update(_load_calibrated())

@@ -240,7 +240,11 @@ class Scheduler:
             return None
         num_tokens = self.cfg.max_num_batched_tokens - budget
         shape = BatchShape(
-            num_tokens=num_tokens, num_seqs=len(entries), attn_pairs=pairs, kv_read_tokens=kv_read
+            num_tokens=num_tokens,
+            num_seqs=len(entries),
+            attn_pairs=pairs,
+            kv_read_tokens=kv_read,
+            num_new_seqs=len(entries) - i,  # the first i entries were already running
         )
         return StepPlan(
             entries=entries,
