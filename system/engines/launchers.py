@@ -27,6 +27,11 @@ def _gpu_env(gpus: list[int]) -> dict[str, str]:
     return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
 
+def _flags(pairs: list[tuple[str, object]]) -> list[str]:
+    """`--flag value` for every pair whose value is set (None means: leave the engine's default)."""
+    return [part for flag, value in pairs if value is not None for part in (flag, str(value))]
+
+
 class SimLauncher:
     """`python -m system.cli sim ...`: the current interpreter, so no console script on PATH is needed."""
 
@@ -75,9 +80,7 @@ class VllmLauncher:
             ("--dtype", spec.dtype),
             ("--seed", spec.seed if spec.seed is not None else seed),
         ]
-        for flag, value in optional:
-            if value is not None:
-                cmd += [flag, str(value)]
+        cmd += _flags(optional)
         if spec.enable_prefix_caching is not None:
             cmd.append(
                 "--enable-prefix-caching" if spec.enable_prefix_caching else "--no-enable-prefix-caching"
@@ -117,9 +120,7 @@ class TransformersLauncher:
             ("--quantization", spec.quantization),
             ("--default-seed", spec.seed if spec.seed is not None else seed),
         ]
-        for flag, value in optional:
-            if value is not None:
-                cmd += [flag, str(value)]
+        cmd += _flags(optional)
         cmd += spec.args
         return LaunchSpec(
             cmd=cmd,
