@@ -46,17 +46,11 @@ def pct(values: Any, q: float) -> float:
 def machine() -> dict[str, Any]:
     import psutil
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from system.runner.manifest import cpu_model
+
     return {
         "host": socket.gethostname(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpus": psutil.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),

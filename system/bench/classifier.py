@@ -15,6 +15,8 @@ from typing import Any
 import click
 import numpy as np
 
+from system.runner.manifest import cpu_model
+
 PROMPT_CHARS = 500
 TARGET_P50_US = 100.0
 
@@ -74,16 +76,6 @@ def _throughput(fn: Any, texts: list[str], seconds: float) -> float:
         now = time.perf_counter()
         if now >= deadline:
             return calls / (now - start)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _markdown(r: dict[str, Any]) -> str:
@@ -192,7 +184,7 @@ def classifier(k: int, n_train: int, svd: int, iterations: int, seed: int, out: 
             "python": platform.python_version(),
             "sklearn": sklearn.__version__,
             "numpy": np.__version__,
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpus": os.cpu_count(),
             "loadavg_1m": round(loadavg, 2),
         },

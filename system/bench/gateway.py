@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from system.bench._peers import (
     start_vllm_router,
 )
 from system.processes import ServerProcess, free_port
+from system.runner.manifest import cpu_model
 
 PEER_KEYS = {"vllm_router": "peer_vllm_router", "litellm": "peer_litellm"}
 
@@ -37,16 +37,6 @@ def _version(pkg: str) -> str | None:
         return metadata.version(pkg)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def bench_classifier(work: Path, texts: list[str]) -> tuple[Path, dict[str, float]]:
@@ -280,7 +270,7 @@ def gateway(
         "targets_met": check_targets(flat),
         "meta": {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "host_cpu": _cpu_model(),
+            "host_cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "pinning": cores,
             "upstream": (

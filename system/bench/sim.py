@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from system.engines.sim.benchclient import histogram_quantile, scrape
+from system.runner.manifest import cpu_model
 
 DEFAULT_OUT = Path("results/benchmarks/sim.json")
 DEFAULT_MD = Path("docs/perf/sim.md")
@@ -32,16 +33,6 @@ def _git_sha() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return ""
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _pin(pid: int, cpu: int | None) -> bool:
@@ -233,7 +224,7 @@ def sim(
         "ended": time.time(),
         "git_sha": _git_sha(),
         "host": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpus": ncpu,
             "python": platform.python_version(),
             # other jobs on the host steal the pinned cores: the 1-min load average says how busy it was
