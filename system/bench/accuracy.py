@@ -20,7 +20,7 @@ from typing import Any
 import click
 import numpy as np
 
-from system.bench._locust import run_locust
+from system.runner.locust import run_locust
 from system.bench._sims import sim_stack
 from system.records import read_records
 

@@ -17,7 +17,7 @@ from typing import Any
 import click
 import psutil
 
-from system.bench._locust import run_locust
+from system.runner.locust import run_locust
 from system.bench._sims import sim_stack
 from system.bench.accuracy import locust_version, machine, pct, processes_for, write_json
 from system.records import read_records

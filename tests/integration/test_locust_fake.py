@@ -1,6 +1,6 @@
 """Locust scenario against the fake OpenAI server (known timing): TTFT is the first content byte, errors.
 
-Locust runs only in subprocesses (system.bench._locust.run_locust); pytest never imports it.
+Locust runs only in subprocesses (system.runner.locust.run_locust); pytest never imports it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from system.bench._locust import run_locust
+from system.runner.locust import run_locust
 from system.records import read_records
 from tests.integration.fake_openai_server import fake_server, host_of
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from system.bench._locust import build_command, locustfile_path, run_locust
+from system.runner.locust import build_command, locustfile_path, run_locust
 from system.processes import free_port
 from system.records import read_records, record_files
 from tests.integration.fake_openai_server import fake_server, host_of

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from system.bench._locust import run_locust
+from system.runner.locust import run_locust
 from system.bench._sims import sim_stack
 from system.records import read_records
 
