@@ -1,8 +1,9 @@
-"""Run the Locust scenario (loadtests/locustfile.py) headless in a subprocess and collect its outputs.
+"""Launch the Locust scenario (loadtests/locustfile.py) headless in a subprocess and collect its outputs.
 
-Locust monkey-patches the process with gevent, so it is never imported here: this module only builds
-the command line, runs it in its own process group (so `--processes` forks die with it) and reads back
-the per-request record files and Locust's own JSON stats.
+The runner's load generator, also used by the benchmarks. Locust monkey-patches the process with gevent,
+so it is never imported here: this module only builds the command line, runs it in its own process group
+(so `--processes` forks die with it) and reads back the per-request record files, the open-loop arrival
+reports and Locust's own JSON stats.
 """
 
 from __future__ import annotations
@@ -41,6 +42,21 @@ def locustfile_path() -> Path:
     return p
 
 
+@dataclass(frozen=True)
+class OpenLoop:
+    """Open-loop load: `rate` requests/s from one seeded schedule (loadtests/openloop.py)."""
+
+    rate: float
+    max_concurrency: int | None = None
+    burstiness: float = 1.0
+
+    def args(self) -> list[str]:
+        out = ["--request-rate", f"{self.rate:g}", "--burstiness", f"{self.burstiness:g}"]
+        if self.max_concurrency:
+            out += ["--max-concurrency", str(int(self.max_concurrency))]
+        return out
+
+
 @dataclass
 class LocustResult:
     """Outcome of one Locust run. Exit code 1 only means "some requests failed" (Locust's default)."""
@@ -52,6 +68,7 @@ class LocustResult:
     cmd: list[str]
     stats: list[dict[str, Any]] = field(default_factory=list)  # Locust's --json-file entries
     timed_out: bool = False
+    arrivals: list[dict[str, Any]] = field(default_factory=list)  # open loop: one report per process
 
     def locust_count(self, name: str = "E2E") -> tuple[int, int]:
         """(requests, failures) Locust counted for the entry `name` (E2E: one per finished request)."""
@@ -78,10 +95,16 @@ def build_command(
     processes: int = 1,
     extra_args: Sequence[str] = (),
     json_prefix: Path | None = None,
+    open_loop: OpenLoop | None = None,
 ) -> list[str]:
+    """The locust command line; with `open_loop`, one schedule-running user per process (users ignored)."""
     cmd = [sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--headless", "--only-summary"]
     cmd += ["--host", host, "--records-dir", str(records_dir), "--workload", workload]
-    cmd += ["-u", str(int(users)), "-r", f"{float(spawn_rate):g}"]
+    if open_loop is not None:
+        n = max(1, int(processes))
+        cmd += ["-u", str(n), "-r", str(n), *open_loop.args()]
+    else:
+        cmd += ["-u", str(int(users)), "-r", f"{float(spawn_rate):g}"]
     if run_time_s is not None:
         cmd += ["-t", f"{max(1, math.ceil(run_time_s))}s"]
     if shape:
@@ -108,9 +131,11 @@ def run_locust(
     log_path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
+    open_loop: OpenLoop | None = None,
 ) -> LocustResult:
     """Run `locust -f loadtests/locustfile.py --headless ...` to completion; records go to `records_dir`.
 
+    `open_loop` switches to open-loop arrivals (then `users`/`spawn_rate` are ignored).
     `extra_args` are appended verbatim (e.g. ["--max-tokens", "64", "--endpoint", "completions"]).
     The log (stdout+stderr) goes to `log_path` (default: records_dir/../locust.log). A run exceeding
     `timeout_s` (default: run time + 60 s) has its whole process group killed; `timed_out` is then set.
@@ -132,6 +157,7 @@ def run_locust(
         processes=processes,
         extra_args=extra_args,
         json_prefix=json_prefix,
+        open_loop=open_loop,
     )
     if timeout_s is None:
         timeout_s = (run_time_s or 0.0) + GRACE_S if run_time_s is not None else None
@@ -161,6 +187,7 @@ def run_locust(
         with contextlib.suppress(json.JSONDecodeError, OSError):
             stats = list(json.loads(stats_file.read_text()))
     return LocustResult(
+        arrivals=read_arrivals(records),
         returncode=rc,
         records_dir=records,
         record_paths=record_files(records),
@@ -169,6 +196,15 @@ def run_locust(
         stats=stats,
         timed_out=timed_out,
     )
+
+
+def read_arrivals(records_dir: Path) -> list[dict[str, Any]]:
+    """The open-loop arrival reports (`arrivals-<worker>.json`) in a records directory."""
+    out = []
+    for p in sorted(Path(records_dir).glob("arrivals-*.json")):
+        with contextlib.suppress(json.JSONDecodeError, OSError):
+            out.append(json.loads(p.read_text()))
+    return out
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
