@@ -88,6 +88,10 @@ def _init(environment: Any, **_: Any) -> None:
     except Exception as e:
         logger.error("cannot start the load test: %s", e)
         sys.exit(2)
+    # gevent's loop clock is cached and has not moved since the imports and the prompt loading above
+    # (seconds on a busy machine); Locust arms its --run-time timer right after this event, against that
+    # stale clock, so without this every step ended that much early
+    gevent.get_hub().loop.update_now()
 
 
 @events.test_start.add_listener

@@ -24,7 +24,7 @@ from geventhttpclient import HTTPClient
 from locust import task
 
 from loadtests.users import StreamUserBase
-from system.arrivals import arrival_offsets, split_concurrency
+from system.arrivals import arrival_offsets, schedule_seed, split_concurrency
 
 logger = logging.getLogger("loadtests.openloop")
 
@@ -67,7 +67,11 @@ class OpenLoopUser(StreamUserBase):
         self.lateness: list[float] = []
         self.waiting_due: float | None = None  # due time of an arrival held back by the cap
         self.schedule = arrival_offsets(
-            s.request_rate, s.burstiness, s.seed, workers=self.workers, worker_index=self.worker_index
+            s.request_rate,
+            s.burstiness,
+            schedule_seed(s.seed, s.request_rate),
+            workers=self.workers,
+            worker_index=self.worker_index,
         )
         self.t0 = time.perf_counter()
         self.started_ts = time.time()

@@ -54,6 +54,13 @@ def schedule(rate: float, horizon_s: float, burstiness: float = 1.0, seed: int =
     return np.asarray(out)
 
 
+def schedule_seed(seed: int, rate: float) -> int:
+    """The schedule's seed: the same for every configuration at one (seed, rate), so arms are compared on
+    identical arrivals, but different across rates (gamma gaps scale with 1/rate: one seed for all rates
+    would give every step the same relative shortfall or excess)."""
+    return (int(seed) * 1_000_003 + round(float(rate) * 1000)) % (2**32)
+
+
 def split_concurrency(max_concurrency: int | None, workers: int, worker_index: int) -> int | None:
     """This worker's share of a global in-flight cap (at least 1 each; the shares sum to the cap when
     the cap is >= workers)."""
