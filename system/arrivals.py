@@ -31,7 +31,7 @@ def gaps(rate: float, burstiness: float = 1.0, seed: int = 0) -> Iterator[float]
 def arrival_offsets(
     rate: float, burstiness: float = 1.0, seed: int = 0, *, workers: int = 1, worker_index: int = 0
 ) -> Iterator[float]:
-    """Due times (s after the schedule start) of this worker's share of the schedule, endless, ascending.
+    """Due times (s after the schedule start) of this worker's share of the schedule, endless, non-decreasing.
 
     The first arrival is at the first gap (not at 0), as in a Poisson process started at 0.
     """
