@@ -314,6 +314,8 @@ class ExperimentConfig(StrictModel):
     @classmethod
     def _users_shorthand(cls, data: Any) -> Any:
         # today's `users: [...]` is `load: {kind: users, users: [...]}`
+        if isinstance(data, dict) and "users" in data and data["users"] is None:
+            data = {k: v for k, v in data.items() if k != "users"}
         if isinstance(data, dict) and "users" in data:
             if "load" in data:
                 raise ValueError("give either `users: [...]` or `load: {...}`, not both")
