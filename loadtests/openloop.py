@@ -63,9 +63,10 @@ class OpenLoopUser(StreamUserBase):
         self.slots = gevent.lock.BoundedSemaphore(self.limit) if self.limit else None
         self.requests = gevent.pool.Group()
         self.idle: list[HTTPClient] = []
-        self.due = self.sent = self.late_concurrency = self.late_client = self.max_in_flight = 0
+        self.due = self.sent = self.late_concurrency = self.late_client = 0
+        self.in_flight = self.max_in_flight = 0
+        self.blocked = False  # the schedule loop waits for a concurrency slot
         self.lateness: list[float] = []
-        self.waiting_due: float | None = None  # due time of an arrival held back by the cap
         self.schedule = arrival_offsets(
             s.request_rate,
             s.burstiness,
@@ -89,29 +90,33 @@ class OpenLoopUser(StreamUserBase):
             self.due += 1
             waited = False
             if self.slots is not None and not self.slots.acquire(blocking=False):
-                waited = True
-                self.waiting_due = due
-                self.slots.acquire()
-                self.waiting_due = None
-            lateness = time.perf_counter() - self.t0 - due
-            self.lateness.append(lateness)
-            if lateness > late_s:
-                if waited:
-                    self.late_concurrency += 1
-                else:
-                    self.late_client += 1
-            self.sent += 1
-            self.requests.spawn(self._one)
-            self.max_in_flight = max(self.max_in_flight, len(self.requests))
+                waited = self.blocked = True
+                self.slots.acquire()  # held back by the cap: the arrival leaves late (vllm bench serve)
+                self.blocked = False
+            self.requests.spawn(self._one, due, waited, late_s)
 
-    def _one(self) -> None:
-        http = self.idle.pop() if self.idle else self.new_connection()
+    def _one(self, due: float, waited: bool, late_s: float) -> None:
+        # counted here, when the request really starts: one killed before it ran was never sent (dropped)
+        self.sent += 1
+        lateness = time.perf_counter() - self.t0 - due
+        self.lateness.append(lateness)
+        if lateness > late_s:
+            if waited:
+                self.late_concurrency += 1
+            else:
+                self.late_client += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        http: HTTPClient | None = None
         try:
+            http = self.idle.pop() if self.idle else self.new_connection()
             reusable = self.send_one(http)
         except BaseException:
-            http.close()  # cut mid-request: the socket is in an unknown state
+            if http is not None:
+                http.close()  # cut mid-request: the socket is in an unknown state
             raise
         finally:
+            self.in_flight -= 1
             if self.slots is not None:
                 self.slots.release()
         if reusable:
@@ -124,14 +129,16 @@ class OpenLoopUser(StreamUserBase):
             return
         elapsed = time.perf_counter() - self.t0
         stopped_ts = time.time()
-        in_flight = len(self.requests)
-        # arrivals that came due but were never sent: one held back by the cap, and any after it
-        dropped = 1 if self.waiting_due is not None else 0
-        for due in self.schedule:
-            if due > elapsed:
-                break
-            dropped += 1
+        # arrivals due by now that the schedule loop had not reached because the cap held it back (a loop
+        # that was sleeping towards its next arrival has nothing else due)
+        if self.blocked:
+            for due in self.schedule:
+                if due > elapsed:
+                    break
+                self.due += 1
+        in_flight = self.in_flight
         self.requests.kill(block=True, timeout=STOP_TIMEOUT_S)  # each writes its `cut` record
+        dropped = self.due - self.sent  # due, never sent: held back by the cap, or spawned but not started
         for http in self.idle:
             http.close()
         self.idle = []
@@ -152,7 +159,7 @@ class OpenLoopUser(StreamUserBase):
             "started_ts": self.started_ts,
             "stopped_ts": stopped_ts,
             "elapsed_s": elapsed,
-            "due": self.due + dropped - (1 if dropped and self.waiting_due is not None else 0),
+            "due": self.due,
             "sent": self.sent,
             "dropped": dropped,
             "cut": in_flight,

@@ -249,7 +249,7 @@ def load_flags(arrivals: dict[str, Any] | None) -> list[str]:
         return []
     flags = []
     sent = max(int(arrivals["sent"]), 1)
-    if arrivals["dropped"]:
+    if arrivals["dropped"] > 1:  # one arrival due at the very moment the step stopped is a race, not a drop
         flags.append("arrivals_dropped")
     if arrivals["late_concurrency"] > LATE_SHARE_FLAG * sent:
         flags.append("arrivals_late_concurrency")
