@@ -51,6 +51,22 @@ def test_lines_and_arbitrary_byte_chunks_read_the_same() -> None:
         assert r.timing is not None and r.timing["first_token_ts"] == 2.0
 
 
+def test_lazy_reader_keeps_ttft_and_totals_and_parses_the_tail() -> None:
+    full, lazy = SSEReader(0.0), SSEReader(0.0, lazy=True)
+    for r in (full, lazy):
+        for i in range(0, len(BODY), 7):
+            r.feed(BODY[i : i + 7], float(i))
+        r.end(1e9)
+    assert lazy.complete and lazy.ttft_s == full.ttft_s
+    assert lazy.chunks == full.chunks == 3  # the usage event after the content was discounted at the end
+    assert lazy.output_tokens == 4 and lazy.timing == full.timing and lazy.finished
+    assert len(lazy.chunk_times) == 1  # only the first chunk is timed
+    bad = SSEReader(0.0, lazy=True)
+    bad.feed(b'data: {"choices":[{"text":"a"}]}\n\ndata: {"error": {"message": "late boom"}}\n\n', 1.0)
+    bad.end(2.0)
+    assert bad.error == "error event in stream: late boom" and not bad.complete
+
+
 def test_fill_record_times_tokens_and_truth() -> None:
     r = SSEReader(10.0)
     for t, line in zip(
