@@ -122,7 +122,7 @@ def test_mini_experiment_on_sims_survives_a_crash_and_resumes(tmp_path: Path) ->
             assert step["end_ts"] - step["start_ts"] == pytest.approx(3, abs=1.0)
             d = run / conf / f"users={users}" / "rep=0"
             recs = read_records(record_files(d / "records"))
-            assert set(recs["expert"]) <= experts
+            assert set(recs.loc[recs["status"] == 200, "expert"]) <= experts  # cut before headers: none
             assert (recs["success"] == (recs["outcome"] == "ok")).all() and recs["outcome"].ne("error").all()
             assert ((recs["ttft_s"] <= recs["e2e_s"]) | recs["ttft_s"].isna()).all()
             metrics = (d / "metrics.csv").read_text()
@@ -196,7 +196,8 @@ def test_routed_vllm_stand_ins_behind_the_gateway(tmp_path: Path) -> None:
 
 def test_stack_start_failure_exits_non_zero_with_the_log_tail(tmp_path: Path) -> None:
     data = mini(configurations=[mini()["configurations"][1]])
-    data["configurations"][0]["experts"][0]["engine"]["profile"] = "no-such-profile"
+    # an unknown profile is caught by validation now; an unknown sim flag still gets past it
+    data["configurations"][0]["experts"][0]["engine"]["args"] = ["--no-such-flag"]
     r = subprocess.run(
         [*CLI, "run", str(_write(tmp_path, data)), "--out", str(tmp_path / "run"), "--no-progress"],
         cwd=ROOT,
@@ -206,7 +207,7 @@ def test_stack_start_failure_exits_non_zero_with_the_log_tail(tmp_path: Path) ->
     )
     assert r.returncode == 2
     assert "configuration 'single': stack failed to start" in r.stderr
-    assert "no-such-profile" in r.stderr  # the sim's own message, from the log tail
+    assert "no-such-flag" in r.stderr  # the sim's own message, from the log tail
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "failed"
 
@@ -230,6 +231,20 @@ def test_cli_dry_run_and_validation_errors(tmp_path: Path) -> None:
         [*CLI, "run", str(exp), "--only", "nope", "--dry-run"], cwd=ROOT, capture_output=True, text=True
     )
     assert r.returncode != 0 and "no such configuration" in r.stderr
+
+    # an unknown sim profile or gateway policy fails `validate` and `--dry-run`, one line each, before
+    # anything starts
+    typo = mini()
+    typo["configurations"][0]["experts"][0]["engine"]["profile"] = "debgu"
+    typo["configurations"][0]["gateway"] = {"policy": {"kind": "clustr"}}
+    typo_file = _write(tmp_path, typo, "typo.yaml")
+    for args in (["validate", str(typo_file)], ["run", str(typo_file), "--dry-run"]):
+        r = subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode != 0
+        assert "unknown sim profile 'debgu'" in r.stderr
+        assert "unknown gateway policy 'clustr'; known: cluster, cluster_spill" in r.stderr
+        problems = [ln for ln in r.stderr.splitlines() if "unknown" in ln]
+        assert all("'debgu'" in ln or "'clustr'" in ln for ln in problems)  # one line per problem
 
 
 def test_shipped_experiment_files_validate() -> None:
