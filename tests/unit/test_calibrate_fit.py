@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from system.engines.sim.fitting import (
+from system.calibration.fitting import (
     FitWorkload,
     MeasuredPoint,
     error_table,
     fit_profile,
     simulate_points,
 )
-from system.engines.sim.measured import load_points
+from system.calibration.measured import load_points
 from system.engines.sim.profiles import CALIBRATED_DIR, CALIBRATION_BASES, get_profile
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "calibration"

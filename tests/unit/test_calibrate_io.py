@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from system.engines.sim.calibrate import calibrate
+from system.calibration.calibrate import calibrate
 from system.engines.sim.cli import sim
-from system.engines.sim.measured import PointsError, load_points, points_from_run, save_points
+from system.calibration.measured import PointsError, load_points, points_from_run, save_points
 from system.engines.sim.profilefiles import (
     ProfileFileError,
     load_profile_file,

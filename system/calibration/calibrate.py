@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from system.engines.sim.fitting import (
+from system.calibration.fitting import (
     BOUNDS,
     CLIENT,
     DEFAULT_PARAMS,
@@ -22,7 +22,7 @@ from system.engines.sim.fitting import (
     error_table,
     simulate_points,
 )
-from system.engines.sim.measured import MeasuredSet, PointsError, load_points, points_from_run, save_points
+from system.calibration.measured import MeasuredSet, PointsError, load_points, points_from_run, save_points
 from system.engines.sim.profiles import CALIBRATION_BASES, Profile, UnknownProfileError
 
 LABELS = {"ttft_p50_s": "TTFT p50", "tpot_p50_s": "TPOT p50", "output_tps": "output tok/s"}
@@ -229,7 +229,7 @@ def calibrate(
     Minimises the MAPE of simulated vs measured TTFT p50, TPOT p50 and output tokens/s over the user steps
     (offline replay of the real scheduler + cost model), then prints and writes the report.
     """
-    from system.engines.sim.fitting import fit_profile
+    from system.calibration.fitting import fit_profile
     from system.engines.sim.profilefiles import ProfileFileError, save_profile
 
     if (run_dir is None) == (points_file is None):
