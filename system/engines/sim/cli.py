@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import resource
 import sys
 
+from pathlib import Path
+
 import click
 
+from system.engines.sim.colocate import DEFAULT_SWITCH_S, predict
+
 from system.engines.sim.profilefiles import ProfileFileError, resolve_profile
-from system.engines.sim.profiles import PROFILES, UnknownProfileError
+from system.engines.sim.profiles import PROFILES, Profile, UnknownProfileError
 
 
 def _raise_nofile_limit() -> None:
@@ -22,7 +27,10 @@ def _raise_nofile_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 @click.option(
     "--profile",
     "profile_name",
@@ -60,8 +68,10 @@ def _raise_nofile_limit() -> None:
     default="warning",
     help="Log level.",
 )
-@click.option("--list-profiles", is_flag=True, help="Print the profiles and exit.")
+@click.option("--list-profiles", is_flag=True, help="Print the profiles (with provenance) and exit.")
+@click.pass_context
 def sim(
+    ctx: click.Context,
     profile_name: str | None,
     port: int | None,
     host: str,
@@ -78,10 +88,13 @@ def sim(
     log_level: str,
     list_profiles: bool,
 ) -> None:
-    """Run the continuous-batching vLLM simulator behind the OpenAI API."""
+    """Run the continuous-batching vLLM simulator behind the OpenAI API (`sim predict`: offline)."""
+    if ctx.invoked_subcommand is not None:
+        return
     if list_profiles:
         for p in PROFILES.values():
             click.echo(p.describe())
+            click.echo(f"{'':28s} provenance: {p.provenance}")
         return
     if profile_name is None or port is None:
         raise click.UsageError("--profile and --port are required (or use --list-profiles)")
@@ -139,3 +152,88 @@ def sim(
     server.run()
     if not server.started:
         sys.exit(1)
+
+
+def _load_profile(name: str) -> Profile:
+    try:
+        return resolve_profile(name)
+    except UnknownProfileError as e:
+        raise click.BadParameter(str(e.args[0]), param_hint="--profile") from None
+    except ProfileFileError as e:
+        raise click.BadParameter(str(e), param_hint="--profile") from None
+
+
+@sim.command("predict", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--profile", "profile_name", required=True, help="Profile name or profile JSON file.")
+@click.option("--colocated", type=click.IntRange(1, 64), default=1, help="Engine instances on one GPU.")
+@click.option("--concurrency", type=click.IntRange(min=1), required=True, help="Requests in flight, total.")
+@click.option("--requests", "n_requests", type=click.IntRange(min=1), required=True, help="Requests sent.")
+@click.option(
+    "--input-lengths",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="JSON list of prompt lengths in tokens, used in order (or an object keyed by --requests).",
+)
+@click.option("--output-tokens", type=click.IntRange(min=1), required=True, help="Tokens per request.")
+@click.option(
+    "--memory-fraction",
+    type=click.FloatRange(0.01, 1.0),
+    default=None,
+    help="GPU memory share of each instance (transformers' --cb-max-memory-percent). "
+    "Default: the profile's, divided by --colocated.",
+)
+@click.option(
+    "--switch-us", type=click.FloatRange(min=0.0), default=DEFAULT_SWITCH_S * 1e6,
+    help="GPU context-switch cost between instances (microseconds).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def predict_cmd(
+    profile_name: str,
+    colocated: int,
+    concurrency: int,
+    n_requests: int,
+    input_lengths: Path,
+    output_tokens: int,
+    memory_fraction: float | None,
+    switch_us: float,
+    as_json: bool,
+) -> None:
+    """Predict a closed-loop run of K instances sharing one GPU (offline, deterministic)."""
+    prof = _load_profile(profile_name)
+    frac = memory_fraction if memory_fraction is not None else prof.gpu_memory_utilization / colocated
+    if frac * colocated > 1.0 + 1e-9:
+        raise click.BadParameter(
+            f"{colocated} instances x {frac} of the GPU's memory exceeds the GPU", param_hint="--memory-fraction"
+        )
+    prof = prof.with_overrides(gpu_memory_utilization=frac)
+    try:
+        data = json.loads(input_lengths.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise click.BadParameter(f"cannot read {input_lengths}: {e}", param_hint="--input-lengths") from None
+    if isinstance(data, dict):  # the reference file: {n: [lengths]}
+        data = data.get(str(n_requests))
+    if not isinstance(data, list) or not all(isinstance(x, int) and x >= 1 for x in data):
+        raise click.BadParameter("expected a JSON list of positive integers", param_hint="--input-lengths")
+    if len(data) < n_requests:
+        raise click.BadParameter(
+            f"{len(data)} lengths for {n_requests} requests", param_hint="--input-lengths"
+        )
+    try:
+        pred = predict([prof] * colocated, concurrency=concurrency, input_lengths=data[:n_requests],
+                       output_tokens=output_tokens, switch_s=switch_us * 1e-6)  # fmt: skip
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    out = {
+        "profile": prof.name,
+        "colocated": colocated,
+        "memory_fraction": frac,
+        "concurrency": concurrency,
+        "requests": n_requests,
+        "output_tokens": output_tokens,
+        **{k: round(v, 4) for k, v in pred.as_dict().items() if k != "requests"},
+    }
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        for k, v in out.items():
+            click.echo(f"{k:16s} {v}")

@@ -476,11 +476,27 @@ def get_profile(name: str) -> Profile:
     try:
         return PROFILES[name]
     except KeyError:
-        close = [n for n in PROFILES if name.split("-")[0] in n][:8]
+        close = suggest(name)
         hint = f" (did you mean: {', '.join(close)})" if close else ""
         raise UnknownProfileError(
             f"unknown sim profile {name!r}{hint}; see `expert-router sim --list-profiles`"
         ) from None
+
+
+def suggest(name: str, limit: int = 8) -> list[str]:
+    """Registered names closest to `name` as a whole: every dash-separated part of it counts (so
+    `llama3-70b` suggests the 70B profiles, not every llama3 one), then string similarity breaks ties."""
+    import difflib
+
+    parts = [p for p in name.lower().split("-") if p]
+
+    def score(n: str) -> tuple[int, float]:
+        low = n.lower()
+        return (sum(p in low for p in parts), difflib.SequenceMatcher(None, name.lower(), low).ratio())
+
+    ranked = sorted(PROFILES, key=lambda n: score(n), reverse=True)
+    best = score(ranked[0])[0] if ranked else 0
+    return [n for n in ranked if best and score(n)[0] == best][:limit]
 
 
 def blocks_for(tokens: int, block_size: int) -> int:
