@@ -9,7 +9,8 @@ from typing import Any
 
 from system.calibration.reference import OUTPUT_TOKENS, REFERENCE_DIR
 from system.engines.sim.colocate import DEFAULT_SWITCH_S, predict
-from system.engines.sim.profiles import get_profile
+from system.engines.sim.profilefiles import load_profile_file
+from system.engines.sim.profiles import CALIBRATED_DIR
 
 OUT = Path("results/reference/calibration/colocation-predictions.json")
 # the reference protocol: concurrency -> requests (closed loop, fixed total), prompts from input_lengths.json
@@ -17,17 +18,23 @@ PROTOCOL = {1: 6, 64: 256, 256: 512}
 KEYS = ("tok_per_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "e2e_p50_s", "gpu_util_mean")
 
 
-def colocation_predictions(ks: tuple[int, ...] = (2, 4), out: Path = OUT, command: str = "") -> dict[str, Any]:
+def colocation_predictions(
+    ks: tuple[int, ...] = (2, 4), out: Path = OUT, command: str = ""
+) -> dict[str, Any]:
     """K x 1b on one GPU (memory split evenly: 0.9 / K each) against 1 x 1b and 1 x 8b on the whole GPU."""
     lengths = json.loads((REFERENCE_DIR / "input_lengths.json").read_text())
-    one_b = get_profile("transformers-cb-h100-llama-1b")
-    eight_b = get_profile("transformers-cb-h100-llama-8b")
+    one_b = load_profile_file(CALIBRATED_DIR / "transformers-cb-h100-llama-1b.json")
+    eight_b = load_profile_file(CALIBRATED_DIR / "transformers-cb-h100-llama-8b.json")
     rows = []
     for conc, n in PROTOCOL.items():
         lens = lengths[str(n)]
         base = {
-            "1x1b": predict(one_b, concurrency=conc, input_lengths=lens, output_tokens=OUTPUT_TOKENS).as_dict(),
-            "1x8b": predict(eight_b, concurrency=conc, input_lengths=lens, output_tokens=OUTPUT_TOKENS).as_dict(),
+            "1x1b": predict(
+                one_b, concurrency=conc, input_lengths=lens, output_tokens=OUTPUT_TOKENS
+            ).as_dict(),
+            "1x8b": predict(
+                eight_b, concurrency=conc, input_lengths=lens, output_tokens=OUTPUT_TOKENS
+            ).as_dict(),
         }
         for k in ks:
             frac = one_b.gpu_memory_utilization / k
@@ -35,7 +42,12 @@ def colocation_predictions(ks: tuple[int, ...] = (2, 4), out: Path = OUT, comman
             routed = predict(
                 [prof] * k, concurrency=conc, input_lengths=lens, output_tokens=OUTPUT_TOKENS
             ).as_dict()
-            row: dict[str, Any] = {"concurrency": conc, "requests": n, "colocated": k, "memory_fraction": frac}
+            row: dict[str, Any] = {
+                "concurrency": conc,
+                "requests": n,
+                "colocated": k,
+                "memory_fraction": frac,
+            }
             row["routed"] = {m: routed[m] for m in KEYS}
             for name, single in base.items():
                 row[f"single_{name}"] = {m: single[m] for m in KEYS}

@@ -27,7 +27,12 @@ def _held_out(
     assert not keys & {s.key for s in test}, "a held-out step is in the training set"
     f = F.fit_all(train, lengths, budgets=[F.DEFAULT_BUDGET])
     return [
-        {"step": s.key, "shape": s.shape, "cuda_graph": s.cuda_graph, "errors": F.errors(s, F.predict_step(s, f.values, lengths))}
+        {
+            "step": s.key,
+            "shape": s.shape,
+            "cuda_graph": s.cuda_graph,
+            "errors": F.errors(s, F.predict_step(s, f.values, lengths)),
+        }
         for s in test
     ]
 
@@ -120,7 +125,11 @@ def calibrate_reference(
         "cpu_s": round(time.process_time() - t0, 1),
         "model": "system/engines/sim/costmodel.py + colocate.py (aggregate transformers-CB scheduler)",
         "fitted_params": fitted_names,
-        "fixed": {"max_num_batched_tokens": F.DEFAULT_BUDGET, "compute_eff": 0.6, "switch_s": "n/a (1 instance)"},
+        "fixed": {
+            "max_num_batched_tokens": F.DEFAULT_BUDGET,
+            "compute_eff": 0.6,
+            "switch_s": "n/a (1 instance)",
+        },
         "params": full.values,
         "leave_one_step_out": {"rows": loso, "summary": summarise(loso)},
         "leave_one_run_out": {"rows": loro, "summary": summarise(loro)},
@@ -144,7 +153,9 @@ def calibrate_reference(
                 provenance=f"fitted to {DATA} (runs A-1b, B-1b, C-8b, A-1b-nograph; one parameter set for "
                 f"both shapes); leave-one-out: {s}",
             )
-            save_profile(prof, profile_dir / f"{name}.json", calibration={"report": str(report), "command": command})
+            save_profile(
+                prof, profile_dir / f"{name}.json", calibration={"report": str(report), "command": command}
+            )
     return rep
 
 

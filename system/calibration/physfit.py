@@ -101,7 +101,11 @@ def fit(
         def res(x: np.ndarray, budget: int = budget) -> np.ndarray:
             nonlocal evals
             evals += 1
-            vals = {**fixed, **dict(zip(names, np.exp(x), strict=True)), "max_num_batched_tokens": int(budget)}
+            vals = {
+                **fixed,
+                **dict(zip(names, np.exp(x), strict=True)),
+                "max_num_batched_tokens": int(budget),
+            }
             r: list[float] = []
             for s in steps:
                 r.extend(residuals(predict_step(s, vals, lengths), s))
@@ -125,7 +129,9 @@ def fit_all(steps: Sequence[RefStep], lengths: dict[int, list[int]], **kw: Any) 
     f1 = fit(graph, lengths, GRAPH_PARAMS, **kw)
     if not nograph:
         return f1
-    f2 = fit(nograph, lengths, NOGRAPH_PARAMS, fixed=f1.values, budgets=[int(f1.values["max_num_batched_tokens"])])
+    f2 = fit(
+        nograph, lengths, NOGRAPH_PARAMS, fixed=f1.values, budgets=[int(f1.values["max_num_batched_tokens"])]
+    )
     return Fit(f2.values, f1.cost + f2.cost, f1.evals + f2.evals)
 
 

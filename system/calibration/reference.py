@@ -33,7 +33,10 @@ class RefStep:
 def load_reference(directory: Path = REFERENCE_DIR) -> tuple[list[RefStep], dict[int, list[int]]]:
     """(steps, input lengths by request count) from single_instance.json and input_lengths.json."""
     rows = json.loads((directory / "single_instance.json").read_text())
-    lengths = {int(k): [int(x) for x in v] for k, v in json.loads((directory / "input_lengths.json").read_text()).items()}
+    lengths = {
+        int(k): [int(x) for x in v]
+        for k, v in json.loads((directory / "input_lengths.json").read_text()).items()
+    }
     steps = []
     for r in rows:
         if r.get("instances", 1) != 1:

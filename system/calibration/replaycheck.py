@@ -19,9 +19,9 @@ from typing import Any
 
 import click
 
+from system.calibration.replay import ReplayRequest, ReplayResult, simulate_closed_loop
 from system.engines.sim.launch import sim_process
 from system.engines.sim.profiles import Profile
-from system.calibration.replay import ReplayRequest, ReplayResult, simulate_closed_loop
 
 METRICS = ("ttft_p50_s", "tpot_p50_s", "output_tps")
 

@@ -18,6 +18,7 @@ from system.records import read_records, record_files
 from system.runner.config import Configuration, ExperimentConfig
 from system.runner.manifest import write_json_atomic
 from system.telemetry.nvml import GpuSampler
+from system.telemetry.simgpu import SimGpuSampler
 from system.telemetry.procs import ProcessSampler
 from system.telemetry.prometheus import PrometheusScraper
 
@@ -154,7 +155,10 @@ def run_step(ctx: StepContext, step: StepPlan) -> dict[str, Any]:
             tele.scrape_timeout_s,
             drop_suffixes=() if tele.keep_histogram_buckets else ("_bucket", "_created"),
         ),
-        GpuSampler(step.dir / "gpu.csv", tele.gpu_interval_s, indices=stack.gpus() or None),
+        # sim stacks: the simulated GPUs (source "sim"); otherwise NVML
+        SimGpuSampler(step.dir / "gpu.csv", stack.sim_gpu_urls(), tele.gpu_interval_s)
+        if stack.sim_gpu_urls() and not stack.gpus()
+        else GpuSampler(step.dir / "gpu.csv", tele.gpu_interval_s, indices=stack.gpus() or None),
         ProcessSampler(step.dir / "procs.csv", stack.pids, tele.procs_interval_s),
     ]
     spawn_rate = cfg.spawn_rate_for(step.users)

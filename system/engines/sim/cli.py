@@ -7,13 +7,11 @@ import json
 import logging
 import resource
 import sys
-
 from pathlib import Path
 
 import click
 
 from system.engines.sim.colocate import DEFAULT_SWITCH_S, predict
-
 from system.engines.sim.profilefiles import ProfileFileError, resolve_profile
 from system.engines.sim.profiles import PROFILES, Profile, UnknownProfileError
 
@@ -68,6 +66,14 @@ def _raise_nofile_limit() -> None:
     default="warning",
     help="Log level.",
 )
+@click.option(
+    "--colocate",
+    "colocate",
+    multiple=True,
+    metavar="NAME=PROFILE@PORT[:MEMFRAC]",
+    help="Another engine in this process on the same simulated GPU (repeatable): co-located experts "
+    "time-slice one GPU (docs/SIMULATOR.md).",
+)
 @click.option("--list-profiles", is_flag=True, help="Print the profiles (with provenance) and exit.")
 @click.pass_context
 def sim(
@@ -86,6 +92,7 @@ def sim(
     output_len_median: float | None,
     max_lag_s: float,
     log_level: str,
+    colocate: tuple[str, ...],
     list_profiles: bool,
 ) -> None:
     """Run the continuous-batching vLLM simulator behind the OpenAI API (`sim predict`: offline)."""
@@ -116,42 +123,123 @@ def sim(
     if problems:
         raise click.ClickException(f"profile {profile.name} cannot be served: {'; '.join(problems)}")
 
+    instances = [(profile, model_name or profile.name, port)]
+    for spec in colocate:
+        instances.append(_parse_colocate(spec, gpu_memory_utilization))
+    for prof, _, _ in instances[1:]:
+        problems = prof.problems()
+        if problems:
+            raise click.ClickException(f"profile {prof.name} cannot be served: {'; '.join(problems)}")
+    share = sum(p.gpu_memory_utilization for p, _, _ in instances)
+    if len(instances) > 1 and share > 1.0 + 1e-9:
+        raise click.BadParameter(
+            f"co-located engines take {share:.2f} of the GPU's memory (> 1): give each a :MEMFRAC",
+            param_hint="--colocate",
+        )
+    _serve(instances, host, seed, stream_interval, max_lag_s, log_level)
+
+
+def _parse_colocate(spec: str, default_frac: float | None) -> tuple[Profile, str, int]:
+    """NAME=PROFILE@PORT[:MEMFRAC] -> (profile, served name, port)."""
+    try:
+        name, rest = spec.split("=", 1)
+        prof_name, where = rest.rsplit("@", 1)
+        port_s, _, frac_s = where.partition(":")
+        port = int(port_s)
+        frac = float(frac_s) if frac_s else default_frac
+    except ValueError:
+        raise click.BadParameter(
+            f"{spec!r}: expected NAME=PROFILE@PORT[:MEMFRAC]", param_hint="--colocate"
+        ) from None
+    if not name or not 1 <= port <= 65535 or (frac is not None and not 0.0 < frac <= 1.0):
+        raise click.BadParameter(f"{spec!r}: bad name, port or memory fraction", param_hint="--colocate")
+    return _load_profile(prof_name).with_overrides(gpu_memory_utilization=frac), name, port
+
+
+def _serve(
+    instances: list[tuple[Profile, str, int]],
+    host: str,
+    seed: int,
+    stream_interval: int,
+    max_lag_s: float,
+    log_level: str,
+) -> None:
+    """One uvicorn server per engine, all in this process' event loop, sharing one simulated GPU."""
+    import asyncio
+    import signal
+
     import uvicorn
 
     from system.engines.sim.engine import SimEngine
     from system.engines.sim.server import SimApp
+    from system.engines.sim.vgpu import VirtualGpu
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _raise_nofile_limit()
-    name = model_name or profile.name
+    gpu = VirtualGpu()
+    servers = []
+    for i, (prof, name, port) in enumerate(instances):
+        # the engine needs the running loop (asyncio.Event, tasks): uvicorn's lifespan starts it there
+        engine = SimEngine(
+            prof, model_name=name, stream_interval=stream_interval, max_lag_s=max_lag_s, gpu=gpu
+        )
+        app = SimApp(engine, seed=seed + 7919 * i)
+        click.echo(
+            f"sim: profile {prof.name} as model {name!r} on http://{host}:{port} "
+            f"(KV {prof.num_blocks * prof.block_size:,} tokens, stream interval {stream_interval}"
+            f"{f', GPU shared by {len(instances)} engines' if len(instances) > 1 else ''})",
+            err=True,
+        )
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level=log_level,
+            backlog=4096,
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=2,
+            server_header=False,
+            proxy_headers=False,  # loopback only; skips a middleware hop on every request
+        )
+        servers.append(_Server(config) if len(instances) > 1 else uvicorn.Server(config))
+    if len(servers) == 1:
+        servers[0].run()
+        if not servers[0].started:
+            sys.exit(1)
+        return
 
-    # the engine needs the running loop (asyncio.Event, tasks): build it in uvicorn's loop via lifespan
-    engine = SimEngine(profile, model_name=name, stream_interval=stream_interval, max_lag_s=max_lag_s)
-    app = SimApp(engine, seed=seed)
-    click.echo(
-        f"sim: profile {profile.name} as model {name!r} on http://{host}:{port} "
-        f"(KV {profile.num_blocks * profile.block_size:,} tokens, stream interval {stream_interval})",
-        err=True,
-    )
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level=log_level,
-        backlog=4096,
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=2,
-        server_header=False,
-        proxy_headers=False,  # loopback only; skips a middleware hop on every request
-    )
-    server = uvicorn.Server(config)
-    server.run()
-    if not server.started:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: [setattr(s, "should_exit", True) for s in servers])
+        await asyncio.gather(*(s.serve() for s in servers))
+
+    import uvloop
+
+    uvloop.run(main())
+    if not all(s.started for s in servers):
         sys.exit(1)
+
+
+def _uvicorn_server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """Several servers in one loop: the process installs one signal handler for all of them."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):  # type: ignore[no-untyped-def]
+            yield
+
+    return Server
+
+
+def _Server(config: object) -> object:
+    return _uvicorn_server_class()(config)
 
 
 def _load_profile(name: str) -> Profile:
@@ -203,7 +291,8 @@ def predict_cmd(
     frac = memory_fraction if memory_fraction is not None else prof.gpu_memory_utilization / colocated
     if frac * colocated > 1.0 + 1e-9:
         raise click.BadParameter(
-            f"{colocated} instances x {frac} of the GPU's memory exceeds the GPU", param_hint="--memory-fraction"
+            f"{colocated} instances x {frac} of the GPU's memory exceeds the GPU",
+            param_hint="--memory-fraction",
         )
     prof = prof.with_overrides(gpu_memory_utilization=frac)
     try:
