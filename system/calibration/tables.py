@@ -20,7 +20,11 @@ def _pct(v: Any) -> str:
 
 
 def summary_table(summary: dict[str, dict[str, float]]) -> str:
-    head = "| shape | tok/s MAPE | TTFT p50 MAPE | TPOT p50 MAPE | GPU util error (points) |\n|---|---|---|---|---|"
+    head = (
+        "| shape | tok/s MAPE | TTFT p50 MAPE | TPOT p50 MAPE | GPU util error (points) |\n"
+        + "|---" * 5
+        + "|"
+    )
     lines = [head]
     for shape, s in summary.items():
         if not s:
@@ -38,7 +42,8 @@ def summary_table(summary: dict[str, dict[str, float]]) -> str:
 
 def rows_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| step | tok/s meas → pred | TTFT p50 ms meas → pred | TPOT p50 ms meas → pred | util % meas → pred |",
+        "| step | tok/s meas → pred | TTFT p50 ms meas → pred | TPOT p50 ms meas → pred "
+        "| util % meas → pred |",
         "|---|---|---|---|---|",
     ]
 
@@ -79,8 +84,8 @@ def fit_tables(rep: dict[str, Any]) -> dict[str, str]:
 
 def coloc_table(rep: dict[str, Any]) -> str:
     lines = [
-        "| streams | K × 1b | routed tok/s | vs 1×1b: tok/s, TTFT p50, TPOT p50 | vs 1×8b: tok/s, TTFT p50, TPOT p50 "
-        "| util routed / 1×1b / 1×8b |",
+        "| streams | K × 1b | routed tok/s | vs 1×1b: tok/s, TTFT p50, TPOT p50 "
+        "| vs 1×8b: tok/s, TTFT p50, TPOT p50 | util routed / 1×1b / 1×8b |",
         "|---|---|---|---|---|---|",
     ]
     for r in rep["rows"]:

@@ -18,9 +18,9 @@ from system.records import read_records, record_files
 from system.runner.config import Configuration, ExperimentConfig
 from system.runner.manifest import write_json_atomic
 from system.telemetry.nvml import GpuSampler
-from system.telemetry.simgpu import SimGpuSampler
 from system.telemetry.procs import ProcessSampler
 from system.telemetry.prometheus import PrometheusScraper
+from system.telemetry.simgpu import SimGpuSampler
 
 # run_locust(host, users, spawn_rate, run_time_s, records_dir, *, workload, shape, processes, extra_args,
 #            log_path, env) from system.bench._locust, or a stand-in with that signature (tests)

@@ -1,4 +1,4 @@
-"""Simulated GPU telemetry: polls each sim process' /sim/gpu and writes gpu.csv rows like NVML's, source=sim."""
+"""Simulated GPU telemetry: polls each sim's /sim/gpu and writes gpu.csv rows like NVML's, source "sim"."""
 
 from __future__ import annotations
 

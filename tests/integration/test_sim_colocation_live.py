@@ -1,4 +1,4 @@
-"""Live co-location: sim experts on one simulated GPU share one sim process; its telemetry lands in gpu.csv."""
+"""Live co-location: sim experts on one simulated GPU share one sim process; its telemetry feeds gpu.csv."""
 
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ def _conf(share: bool, gpus: tuple[int, int] = (0, 0)) -> Configuration:
             "share_gpus": share,
             "gateway": {"policy": {"kind": "round_robin"}},
             "experts": [
-                {"name": f"e{i}", "engine": {"kind": "sim", "profile": "debug", "gpus": [g], "memory_fraction": 0.4}}
+                {
+                    "name": f"e{i}",
+                    "engine": {"kind": "sim", "profile": "debug", "gpus": [g], "memory_fraction": 0.4},
+                }
                 for i, g in enumerate(gpus)
             ],
         }

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from system.calibration.calibrate import calibrate
-from system.engines.sim.cli import sim
 from system.calibration.measured import PointsError, load_points, points_from_run, save_points
+from system.engines.sim.cli import sim
 from system.engines.sim.profilefiles import (
     ProfileFileError,
     load_profile_file,
@@ -56,7 +56,11 @@ def test_bad_profile_files_get_clear_errors(tmp_path: Path) -> None:
 
 
 def test_calibrated_profiles_are_registered_with_provenance() -> None:
-    for name in ("transformers-cb-cpu-llama-tiny", "transformers-cb-h100-llama-1b", "transformers-cb-h100-llama-8b"):
+    for name in (
+        "transformers-cb-cpu-llama-tiny",
+        "transformers-cb-h100-llama-1b",
+        "transformers-cb-h100-llama-8b",
+    ):
         p = PROFILES[name]
         assert p.fits and p.provenance.startswith("fitted to ")
         base = CALIBRATION_BASES[f"{name}-uncalibrated"]
@@ -66,7 +70,9 @@ def test_calibrated_profiles_are_registered_with_provenance() -> None:
     assert round(PROFILES["transformers-cb-h100-llama-1b"].model.params / 1e7) == 110
     assert round(PROFILES["transformers-cb-h100-llama-8b"].model.params / 1e7) == 724
     # every registered profile says what backs it
-    assert all(p.provenance.split(" ")[0] in ("datasheet-derived", "fitted", "validated") for p in PROFILES.values())
+    assert all(
+        p.provenance.split(" ")[0] in ("datasheet-derived", "fitted", "validated") for p in PROFILES.values()
+    )
 
 
 def test_points_csv_and_json(tmp_path: Path) -> None:

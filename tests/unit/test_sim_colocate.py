@@ -39,8 +39,12 @@ def test_packed_attention_grows_quadratically_with_the_batch() -> None:
 
 
 def test_prediction_is_deterministic_and_reports_every_field() -> None:
-    a = predict(BASE.with_overrides(step_overhead_s=1e-3), concurrency=8, input_lengths=LENS, output_tokens=32)
-    b = predict(BASE.with_overrides(step_overhead_s=1e-3), concurrency=8, input_lengths=LENS, output_tokens=32)
+    a = predict(
+        BASE.with_overrides(step_overhead_s=1e-3), concurrency=8, input_lengths=LENS, output_tokens=32
+    )
+    b = predict(
+        BASE.with_overrides(step_overhead_s=1e-3), concurrency=8, input_lengths=LENS, output_tokens=32
+    )
     assert a == b and a.requests == 64
     assert 0 < a.ttft_p50_ms <= a.ttft_p99_ms and a.tpot_p50_ms > 0 and 0 < a.gpu_util_mean < 100
 
@@ -54,7 +58,7 @@ def test_one_stream_steps_at_host_plus_gpu_and_utilisation_is_gpu_share() -> Non
 
 
 def test_colocated_gpu_work_serialises_and_host_work_runs_in_parallel() -> None:
-    def tps(p, k: int) -> float:  # noqa: ANN001
+    def tps(p, k: int) -> float:
         half = p.with_overrides(gpu_memory_utilization=0.4)
         return predict([half] * k, concurrency=k, input_lengths=LENS, output_tokens=32).tok_per_s
 

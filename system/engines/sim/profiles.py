@@ -154,8 +154,8 @@ LLAMA_TINY_RANDOM = ModelSpec(
     max_position=2048,
     source="random_model.py SHAPES['tiny'] (hidden 64, MLP 128, 2 layers, 4/2 heads, vocab 2000)",
 )
-# The random-weight Llama shapes of the H100 reference measurements (results/reference/h100-transformers-serve/
-# README.md: LlamaConfig with these fields, untied embeddings, bf16).
+# The random-weight Llama shapes of the H100 reference measurements
+# (results/reference/h100-transformers-serve/README.md: LlamaConfig, untied embeddings, bf16).
 REF_LLAMA_1B = ModelSpec(
     name="Llama-1.1B (reference shape)",
     params=llama_params(2048, 8192, 16, 32, 8, 32000),  # 1.10 B
@@ -428,7 +428,8 @@ CALIBRATION_BASES: dict[str, Profile] = {
             max_num_batched_tokens=8192,
             max_model_len=4096,
             step_overhead_s=0.0,
-            description=f"transformers serve --continuous-batching --cb-use-cuda-graph, {model.name}, 1x H100",
+            description=f"transformers serve --continuous-batching --cb-use-cuda-graph, {model.name}, "
+            "1x H100",
             provenance="datasheet-derived (uncalibrated base)",
         )
         for key, model in (("1b", REF_LLAMA_1B), ("8b", REF_LLAMA_8B))
