@@ -1,0 +1,130 @@
+"""Output tokens generated inside a measurement window, from per-chunk times (edge-crossing requests credited).
+
+Contract 2 (docs/CONTRACTS.md): chunk k of a request arrived at `start_ts + ttft_s + sum(itl_s[:k])`; chunk
+0 is the first content chunk. `chunk_tokens` (tokens per chunk) makes the count exact; without it the
+request's `output_tokens` are spread evenly over its chunks. Every record counts, whatever its outcome: a
+request cut at the step end or failing mid-stream still had its received tokens generated, and the engine's
+own counter (`vllm:generation_tokens_total`) counts them too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+COUNTER = "vllm:generation_tokens_total"
+
+
+def chunk_times_tokens(row: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(arrival times, tokens) of one record's content chunks; empty when it received none."""
+    ttft = float(row["ttft_s"]) if row["ttft_s"] is not None else math.nan
+    start = float(row["start_ts"])
+    if not (math.isfinite(ttft) and math.isfinite(start)):
+        return np.empty(0), np.empty(0)
+    gaps = np.asarray(row["itl_s"] if isinstance(row["itl_s"], list | tuple) else [], dtype=float)
+    times = start + ttft + np.concatenate([[0.0], np.cumsum(gaps)])
+    n = times.size
+    given = row.get("chunk_tokens") if hasattr(row, "get") else None
+    if isinstance(given, list | tuple) and len(given) == n:
+        tokens = np.asarray(given, dtype=float)
+    else:
+        total = max(int(row["output_tokens"]), 0)
+        tokens = np.full(n, total / n) if total else np.zeros(n)
+    return times, tokens
+
+
+def tokens_in_window(records: pd.DataFrame, window_start: float, window_end: float) -> float:
+    """Output tokens whose chunk arrived inside [window_start, window_end], over all records given."""
+    total = 0.0
+    for row in records.to_dict("records"):
+        times, tokens = chunk_times_tokens(row)
+        if times.size:
+            total += float(tokens[(times >= window_start) & (times <= window_end)].sum())
+    return total
+
+
+def windowed_output_tps(records: pd.DataFrame, window_start: float, window_end: float) -> float:
+    """Output tokens/s generated inside the window (tokens_in_window / window length); NaN for no window."""
+    span = window_end - window_start
+    return tokens_in_window(records, window_start, window_end) / span if span > 0 else math.nan
+
+
+def request_window_tokens(records: pd.DataFrame, window_start: float, window_end: float) -> np.ndarray:
+    """Per record, its in-window tokens (the unit the bootstrap resamples)."""
+    out = np.zeros(len(records))
+    for i, row in enumerate(records.to_dict("records")):
+        times, tokens = chunk_times_tokens(row)
+        if times.size:
+            out[i] = float(tokens[(times >= window_start) & (times <= window_end)].sum())
+    return out
+
+
+def counter_at(ts: Sequence[float], values: Sequence[float], t: float) -> float:
+    """A cumulative counter's value at time t by linear interpolation between scrapes (NaN outside them)."""
+    x, y = np.asarray(ts, dtype=float), np.asarray(values, dtype=float)
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    if x.size == 0 or t < x[0] or t > x[-1]:
+        return math.nan
+    return float(np.interp(t, x, y))
+
+
+def engine_tokens_in_window(
+    metrics: pd.DataFrame, window_start: float, window_end: float, counter: str = COUNTER
+) -> float:
+    """Tokens the engines themselves counted in the window: Σ over targets of counter(end) − counter(start).
+
+    `metrics` is one step's metrics.csv (all samples, not only in-window ones: the interpolation needs the
+    scrapes on both sides of each edge). NaN when some engine has no scrape around an edge.
+    """
+    sel = metrics[metrics["metric"] == counter]
+    if sel.empty:
+        return math.nan
+    total = 0.0
+    for _, g in sel.groupby("target"):
+        # one series per target (labels differ only by model name on one engine)
+        ts = pd.to_numeric(g["ts"], errors="coerce").to_numpy()
+        val = pd.to_numeric(g["value"], errors="coerce").to_numpy()
+        a, b = counter_at(ts, val, window_start), counter_at(ts, val, window_end)
+        if not (math.isfinite(a) and math.isfinite(b)):
+            return math.nan
+        total += b - a
+    return total
+
+
+def engine_check(records: pd.DataFrame, metrics: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+    """Per step: windowed client tokens vs the engines' counter over the same window, and the relative gap.
+
+    Columns: config, load_kind, load, rep, window_s, client_tokens, engine_tokens, rel_diff
+    (client / engine − 1), completed_tokens (the old completion-time count, for comparison).
+    """
+    rows = []
+    for _, st in steps.iterrows():
+        key = (records["run_id"] == st["run_id"]) & (records["config"] == st["config"])
+        key &= (records["load_kind"] == st["load_kind"]) & (records["load"] == st["load"])
+        recs = records[key & (records["rep"] == st["rep"])]
+        mkey = (metrics["run_id"] == st["run_id"]) & (metrics["config"] == st["config"])
+        mkey &= (metrics["load_kind"] == st["load_kind"]) & (metrics["load"] == st["load"])
+        met = metrics[mkey & (metrics["rep"] == st["rep"])] if len(metrics) else metrics
+        ws, we = float(st["window_start"]), float(st["window_end"])
+        client = tokens_in_window(recs, ws, we)
+        engine = engine_tokens_in_window(met, ws, we) if len(met) else math.nan
+        done = recs[recs["in_window"] & recs["success"]]["output_tokens"].clip(lower=0).sum()
+        rows.append(
+            {
+                "config": st["config"],
+                "load_kind": st["load_kind"],
+                "load": float(st["load"]),
+                "rep": int(st["rep"]),
+                "window_s": we - ws,
+                "client_tokens": client,
+                "engine_tokens": engine,
+                "rel_diff": client / engine - 1.0 if engine and math.isfinite(engine) else math.nan,
+                "completed_tokens": float(done),
+            }
+        )
+    return pd.DataFrame(rows)
