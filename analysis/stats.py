@@ -1,9 +1,11 @@
-"""Bootstrap confidence intervals: over requests within a step, and over repetitions when there are >= 2.
+"""Bootstrap confidence intervals: within a step, and over repetitions when there are >= 2.
 
 One resample of a configuration × load draws repetitions with replacement (only when there are at least two),
-then draws requests with replacement inside each drawn repetition. A rate (tok/s, goodput) is the mean over
-the drawn repetitions of (sum of the drawn requests' contributions / that repetition's window); a percentile
-pools the drawn requests of the drawn repetitions. The 95 % interval is the 2.5th–97.5th percentile of the
+then draws units with replacement inside each drawn repetition. For a percentile the units are requests and
+the statistic pools the drawn requests of the drawn repetitions. For a rate (tok/s, goodput) the units are
+equal time blocks of the window, each holding the tokens (or good completions) that fell in it: resampling
+requests would keep their number fixed and give goodput a zero-width interval whenever every request meets
+the SLOs. The rate is the mean over the drawn repetitions of (sum of the drawn blocks / that window). The 95 % interval is the 2.5th–97.5th percentile of the
 resampled statistic (percentile bootstrap). Seeds derive from the group's name, so a report is reproducible.
 """
 

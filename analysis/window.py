@@ -1,4 +1,4 @@
-"""Output tokens generated inside a measurement window, from per-chunk times (edge-crossing requests credited).
+"""Output tokens generated inside a measurement window from per-chunk times (edge-crossing requests credited).
 
 Contract 2 (docs/CONTRACTS.md): chunk k of a request arrived at `start_ts + ttft_s + sum(itl_s[:k])`; chunk
 0 is the first content chunk. `chunk_tokens` (tokens per chunk) makes the count exact; without it the
@@ -60,6 +60,40 @@ def request_window_tokens(records: pd.DataFrame, window_start: float, window_end
         times, tokens = chunk_times_tokens(row)
         if times.size:
             out[i] = float(tokens[(times >= window_start) & (times <= window_end)].sum())
+    return out
+
+
+def n_blocks(window_s: float) -> int:
+    """Time blocks for the rate bootstrap: about one per second, at least 8, at most 30."""
+    return int(min(30, max(8, math.floor(window_s)))) if window_s > 0 else 1
+
+
+def token_blocks(records: pd.DataFrame, window_start: float, window_end: float, blocks: int) -> np.ndarray:
+    """In-window output tokens per equal time block of the window (the unit the rate bootstrap resamples)."""
+    out = np.zeros(blocks)
+    span = window_end - window_start
+    if span <= 0:
+        return out
+    for row in records.to_dict("records"):
+        times, tokens = chunk_times_tokens(row)
+        inside = (times >= window_start) & (times <= window_end)
+        if inside.any():
+            idx = np.minimum(((times[inside] - window_start) / span * blocks).astype(int), blocks - 1)
+            np.add.at(out, idx, tokens[inside])
+    return out
+
+
+def event_blocks(
+    ts: np.ndarray, weights: np.ndarray, window_start: float, window_end: float, blocks: int
+) -> np.ndarray:
+    """Sum of `weights` of events at times `ts` per time block of the window (events outside are dropped)."""
+    out = np.zeros(blocks)
+    span = window_end - window_start
+    ts, weights = np.asarray(ts, dtype=float), np.asarray(weights, dtype=float)
+    inside = (ts >= window_start) & (ts <= window_end) & np.isfinite(weights)
+    if span > 0 and inside.any():
+        idx = np.minimum(((ts[inside] - window_start) / span * blocks).astype(int), blocks - 1)
+        np.add.at(out, idx, weights[inside])
     return out
 
 
