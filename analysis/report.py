@@ -340,9 +340,10 @@ def _notes(a: Analysis) -> list[str]:
     return notes
 
 
-def write_report(path: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write report.html (self-contained) and report.md (+ report_files/ figures); return the HTML path."""
-    a = analyze(path)
+def write_report(path: str | Path, out_dir: str | Path | None = None, analysis: Analysis | None = None) -> Path:
+    """Write report.html (self-contained), report.md (+ report_files/ figures) and summary.json; return the
+    HTML path. Pass `analysis` (from analyze(path)) to reuse a computed verdict."""
+    a = analysis if analysis is not None else analyze(path)
     v = a.verdict
     out = Path(out_dir) if out_dir is not None else Path(path)
     out.mkdir(parents=True, exist_ok=True)

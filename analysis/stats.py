@@ -93,7 +93,19 @@ def percentile_ci(
     reps: Sequence[RepData], q: float, n_boot: int = N_BOOT, seed: int = 0
 ) -> tuple[float, np.ndarray]:
     """(point estimate, bootstrap distribution) of a pooled percentile."""
-    return percentile_point(reps, q), bootstrap(reps, lambda rs: percentile_point(rs, q), n_boot, seed)
+    point = percentile_point(reps, q)
+    if len(reps) == 1:  # the common case, vectorised: the same draws as bootstrap() would make
+        a = _finite(reps[0].values)
+        if a.size == 0:
+            return point, np.full(n_boot, math.nan)
+        rng = np.random.default_rng(seed)
+        out = np.empty(n_boot)
+        chunk = max(1, min(n_boot, 2_000_000 // a.size))  # bound the index matrix's memory
+        for i in range(0, n_boot, chunk):
+            k = min(chunk, n_boot - i)
+            out[i : i + k] = np.percentile(a[rng.integers(0, a.size, (k, a.size))], q, axis=1)
+        return point, out
+    return point, bootstrap(reps, lambda rs: percentile_point(rs, q), n_boot, seed)
 
 
 def diff_ci(dist_a: np.ndarray, dist_b: np.ndarray, level: float = LEVEL) -> tuple[float, float]:

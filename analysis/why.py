@@ -178,10 +178,16 @@ def _config_sentences(v: Verdict, eng: pd.DataFrame, experts: pd.DataFrame, conf
         detail = ""
         if len(at):
             a = at.iloc[0]
-            detail = (
-                f"; there {_f(a['waiting_per_engine'], '{:.1f}')} requests waited per engine and the KV cache was "
-                f"{_f(a['kv_cache_usage'] * 100, '{:.0f}', ' %')} full"
-            )
+            bits = []
+            if math.isfinite(a["running_per_engine"]):
+                bits.append(f"{a['running_per_engine']:.1f} requests ran per engine")
+            if math.isfinite(a["waiting_per_engine"]):
+                bits.append(f"{a['waiting_per_engine']:.1f} waited")
+            if math.isfinite(a["kv_cache_usage"]):
+                bits.append(f"the KV cache was {a['kv_cache_usage']:.0%} full")
+            if math.isfinite(a["gpu_util_pct"]):
+                bits.append(f"GPU utilisation was {a['gpu_util_pct']:.0f} %")
+            detail = ("; there " + ", ".join(bits)) if bits else ""
         out.append(
             f"{config} saturates at {_load_text(v.load_kind, sat['load'])}: {why}{detail}; its best was "
             f"{_f(sat['tok_per_s'], '{:,.0f}')} tok/s (95 % CI {_f(sat['tok_per_s_ci95'][0], '{:,.0f}')}–"

@@ -172,6 +172,9 @@ class ExperimentRunner:
             if bar is not None:
                 bar.close()
             self._close_manifest(manifest, status, summary, message)
+        from analysis.summary import print_summary  # end-of-run table + summary.json (never raises)
+
+        print_summary(self.run_dir, echo=self.echo)
         return summary
 
     def _bar(self, total: int) -> Any:
