@@ -340,7 +340,9 @@ def _notes(a: Analysis) -> list[str]:
     return notes
 
 
-def write_report(path: str | Path, out_dir: str | Path | None = None, analysis: Analysis | None = None) -> Path:
+def write_report(
+    path: str | Path, out_dir: str | Path | None = None, analysis: Analysis | None = None
+) -> Path:
     """Write report.html (self-contained), report.md (+ report_files/ figures) and summary.json; return the
     HTML path. Pass `analysis` (from analyze(path)) to reuse a computed verdict."""
     a = analysis if analysis is not None else analyze(path)
