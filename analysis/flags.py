@@ -92,7 +92,8 @@ def flags_for(row: dict[str, Any], starved: float, log_warns: int, th: Threshold
 def add_flags(
     summary: pd.DataFrame, records: pd.DataFrame, steps: pd.DataFrame, th: Thresholds = DEFAULT
 ) -> pd.DataFrame:
-    """`summary` with `flags` (list), `starved_share`, `locust_cpu_warnings` and `harness_limit_ms` columns."""
+    """`summary` with `flags` (list), `starved_share`, `locust_cpu_warnings` and `harness_limit_ms` "
+    "columns."""
     out = summary.copy()
     flags, shares, warns, limits = [], [], [], []
     for _, row in out.iterrows():

@@ -68,7 +68,8 @@ def targets(r: Results) -> str:
             (
                 "sim, 1,000 concurrent streams on one core",
                 "sustained",
-                f"{lv['tokens_per_s'] / 1000:.1f} k tok/s at {lv['sim_cpu_pct']:.0f} % of a core (interval 1)",
+                f"{lv['tokens_per_s'] / 1000:.1f} k tok/s at {lv['sim_cpu_pct']:.0f} % of a core "
+                "(interval 1)",
                 _status(bool(lv["sustained"])),
             )
         )
@@ -180,8 +181,10 @@ def accuracy(r: Results) -> str:
         return "No `accuracy.json`."
     st, m = a["settings"], a["machine"]
     head = (
-        f"Committed run: {m['date']}, `expert-router bench accuracy` with users {', '.join(map(str, st['users']))}, "
-        f"{st['seconds']:g} s each, target `{st['target']}`, profile `{st['profile']}`, {st['max_tokens']} output "
+        f"Committed run: {m['date']}, `expert-router bench accuracy` with users "
+        f"{', '.join(map(str, st['users']))}, "
+        f"{st['seconds']:g} s each, target `{st['target']}`, profile `{st['profile']}`, "
+        f"{st['max_tokens']} output "
         f"tokens, stream interval {st['stream_interval']}, on {m['cpus']} × {m['cpu']}."
     )
     scope = a.get("client_ttft_error_scope")
@@ -192,7 +195,8 @@ def accuracy(r: Results) -> str:
         lines += [
             "",
             "This run predates the `harness_ttft_error_*` / `client_ttft_error_*` keys (–); the client share "
-            "column is today's `ttft_error_*` (first byte read − the sim's first-token due time, gateway relay "
+            "column is today's `ttft_error_*` (first byte read − the sim's first-token due time, "
+            "gateway relay "
             "included).",
         ]
     worst = [s for s in a["steps"] if s["users"] == max(st["users"])]
@@ -200,9 +204,11 @@ def accuracy(r: Results) -> str:
         w = worst[0]
         lines += [
             "",
-            f"At {w['users']:,} users the client share p99 ({w['ttft_error_p99_ms']:+.1f} ms) is of the size of "
+            f"At {w['users']:,} users the client share p99 ({w['ttft_error_p99_ms']:+.1f} ms) is of the "
+            "size of "
             f"the send → arrival p99 ({w['send_to_arrival_p99_ms']:.1f} ms) with a client loop lag p99 of "
-            f"{w['client_loop_lag_p99_ms']:.1f} ms and at most {w['client_cpu_max_percent']:.0f} % client CPU.",
+            f"{w['client_loop_lag_p99_ms']:.1f} ms and at most {w['client_cpu_max_percent']:.0f} % "
+            "client CPU.",
         ]
     return "\n".join(lines)
 
@@ -215,12 +221,14 @@ def soak(r: Results) -> str:
     ttft = s["ttft_p99_ms_per_minute"]
     lines = [
         f"Committed run: {st['minutes']:g} minutes at {st['users']:,} users ({m['date']}, "
-        f"`expert-router bench soak --minutes {st['minutes']:g} --users {st['users']}`, {m['cpus']} × {m['cpu']}).",
+        f"`expert-router bench soak --minutes {st['minutes']:g} --users {st['users']}`, {m['cpus']} × "
+        f"{m['cpu']}).",
         "",
         "| users | minutes | requests | errors | gateway RSS start → end (max) | open fds start → end "
         "| p99 TTFT per minute, first → last (ms) | p99 E2E drift | client loop lag p99 |",
         "|---:|---:|---:|---:|---|---|---|---:|---:|",
-        f"| {st['users']} | {st['minutes']:g} | {s['requests']:,} | {s['errors']} | {s['rss_start_mb']:.1f} → "
+        f"| {st['users']} | {st['minutes']:g} | {s['requests']:,} | {s['errors']} | "
+        f"{s['rss_start_mb']:.1f} → "
         f"{s['rss_end_mb']:.1f} MiB ({s['rss_max_mb']:.1f}) | {s['fds_start']:,} → {s['fds_end']:,} | "
         f"{ttft[0]:,.0f} → {ttft[-1]:,.0f} (drift {s['ttft_p99_drift_ms']:+,.0f}) | "
         f"{s['e2e_p99_drift_ms']:+,.0f} ms | {s['client_loop_lag_p99_ms']:.0f} ms |",
@@ -228,7 +236,8 @@ def soak(r: Results) -> str:
         f"p99 TTFT per minute (ms): {', '.join(f'{v:,.0f}' for v in ttft)}. Locust's count "
         f"{'equals' if s['locust_requests'] == s['requests'] else 'differs from'} the records "
         f"({s['locust_requests']:,}); {s['duplicate_request_ids']} duplicate request ids; open fds "
-        f"{s['fds_end'] - s['fds_start']:+,} ({(s['fds_end'] - s['fds_start']) / s['fds_start']:+.0%}) between "
+        f"{s['fds_end'] - s['fds_start']:+,} ({(s['fds_end'] - s['fds_start']) / s['fds_start']:+.0%}) "
+        "between "
         "the first and last sample.",
     ]
     return "\n".join(lines)

@@ -5,7 +5,8 @@ then draws units with replacement inside each drawn repetition. For a percentile
 the statistic pools the drawn requests of the drawn repetitions. For a rate (tok/s, goodput) the units are
 equal time blocks of the window, each holding the tokens (or good completions) that fell in it: resampling
 requests would keep their number fixed and give goodput a zero-width interval whenever every request meets
-the SLOs. The rate is the mean over the drawn repetitions of (sum of the drawn blocks / that window). The 95 % interval is the 2.5th–97.5th percentile of the
+the SLOs. The rate is the mean over the drawn repetitions of (sum of the drawn blocks / that
+window). The 95 % interval is the 2.5th–97.5th percentile of the
 resampled statistic (percentile bootstrap). Seeds derive from the group's name, so a report is reproducible.
 """
 

@@ -1,7 +1,8 @@
-"""The run's verdict as data: summary.json (steps with CIs and flags, saturation, crossover) and a console table.
+"""The run's verdict as data: summary.json (steps with CIs, flags, saturation, crossover) and a console table.
 
 `analyze_verdict(path)` is the one pipeline (load -> summarize -> flags -> headline CIs -> saturation and
-crossover -> "why" sentences); the report, `expert-router compare` and the runner's end-of-run table all use it.
+crossover -> "why" sentences); the report, `expert-router compare` and the runner's end-of-run table all
+use it.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ def print_summary(
             echo(f"summary: {write_summary(v)}")
         echo(console_table(v))
         return v
-    except Exception as e:  # noqa: BLE001 - the run itself succeeded; say why there is no summary
+    except Exception as e:
         echo(f"summary: not written ({type(e).__name__}: {e})")
         return None
 
@@ -255,6 +256,7 @@ def flagged_steps(v: Verdict) -> list[str]:
             only_p99 = usable(r["flags"])
             note = " (p99 only)" if only_p99 else ""
             out.append(
-                f"{r['configuration']} at {_load_text(r['load_kind'], r['load'])}: {', '.join(r['flags'])}{note}"
+                f"{r['configuration']} at {_load_text(r['load_kind'], r['load'])}: "
+                f"{', '.join(r['flags'])}{note}"
             )
     return out

@@ -169,7 +169,8 @@ def saturation(summary: pd.DataFrame, hl: Headline, config: str, kind: str) -> d
 
 
 def max_goodput(summary: pd.DataFrame, hl: Headline, config: str, kind: str) -> dict[str, Any] | None:
-    """The highest goodput over the usable loads of `config` with its CI (None without SLOs or usable rows)."""
+    """The highest goodput over the usable loads of `config` with its CI (None without SLOs or usable "
+    "rows)."""
     rows = summary[(summary["config"] == config) & (summary["load_kind"] == kind)]
     rows = rows[[usable(list(f)) for f in rows["flags"]]] if len(rows) else rows
     rows = rows[rows["goodput_rps"].notna()] if len(rows) else rows
@@ -185,7 +186,8 @@ def compare_rows(
 ) -> pd.DataFrame:
     """A − B per common load and metric: diff, its CI, ratio, and which arm wins ("a", "b" or None).
 
-    Columns: load_kind, load, metric, value_a, value_b, diff, diff_ci95_lo, diff_ci95_hi, ratio, harness_error_ms,
+    Columns: load_kind, load, metric, value_a, value_b, diff, diff_ci95_lo, diff_ci95_hi, ratio,
+    harness_error_ms,
     winner, usable, verdict ("a wins" / "b wins" / "not distinguishable" / "flagged").
     """
     rows = []
@@ -232,26 +234,31 @@ def compare_rows(
     return pd.DataFrame(rows)
 
 
+def _winner(w: Any) -> str | None:
+    """ "a" | "b" | None (pandas may hold a missing winner as None or NaN)."""
+    return w if w in ("a", "b") else None
+
+
 def crossover(cmp: pd.DataFrame, metric: str = "tok_per_s") -> dict[str, Any] | None:
     """The smallest load from which one arm wins `metric` at every larger usable load; None if none in range.
 
     `cmp` is compare_rows() of one pair and load kind. Unusable (flagged) loads are skipped. Returns
     {load, winner ("a"|"b"), diff, diff_ci95, everywhere (bool: it wins at every usable load)}.
     """
-    sel = cmp[(cmp["metric"] == metric) & cmp["usable"]].sort_values("load")
+    sel = cmp[(cmp["metric"] == metric) & cmp["usable"].astype(bool)].sort_values("load")
     if sel.empty:
         return None
-    top = sel.iloc[-1]
-    if top["winner"] is None:
+    winners = [_winner(w) for w in sel["winner"]]
+    top = winners[-1]
+    if top is None:
         return None
-    found = top
-    for _, r in sel.iloc[::-1].iterrows():
-        if r["winner"] != top["winner"]:
-            break
-        found = r
+    i = len(winners) - 1
+    while i > 0 and winners[i - 1] == top:
+        i -= 1
+    found = sel.iloc[i]
     return {
         "load": float(found["load"]),
-        "winner": str(top["winner"]),
+        "winner": top,
         "diff": float(found["diff"]),
         "diff_ci95": [float(found["diff_ci95_lo"]), float(found["diff_ci95_hi"])],
         "everywhere": bool(found["load"] == sel["load"].iloc[0]),

@@ -139,7 +139,8 @@ def _config_sentences(v: Verdict, eng: pd.DataFrame, experts: pd.DataFrame, conf
         parts.append(f"used {k0} → {k1} of its KV cache")
     if math.isfinite(hi["gpu_util_pct"]):
         parts.append(
-            f"showed {_f(lo['gpu_util_pct'], '{:.0f}')} → {_f(hi['gpu_util_pct'], '{:.0f}', ' %')} GPU utilisation"
+            f"showed {_f(lo['gpu_util_pct'], '{:.0f}')} → {_f(hi['gpu_util_pct'], '{:.0f}', ' %')} GPU "
+            "utilisation"
         )
     if not parts:
         parts.append("reported no engine or GPU telemetry")
@@ -153,7 +154,8 @@ def _config_sentences(v: Verdict, eng: pd.DataFrame, experts: pd.DataFrame, conf
         out.append(
             f"{config}: TPOT p50 went {_f(fit['tpot_p50_ms'].iloc[0], '{:.1f}')} → "
             f"{_f(fit['tpot_p50_ms'].iloc[-1], '{:.1f}', ' ms')} as the batch per engine grew "
-            f"{_f(fit['running_per_engine'].iloc[0], '{:.1f}')} → {_f(fit['running_per_engine'].iloc[-1], '{:.1f}')} "
+            f"{_f(fit['running_per_engine'].iloc[0], '{:.1f}')} → "
+            f"{_f(fit['running_per_engine'].iloc[-1], '{:.1f}')} "
             f"(≈ {slope:+.2f} ms per extra running request)."
         )
     if sat is None:
@@ -165,13 +167,14 @@ def _config_sentences(v: Verdict, eng: pd.DataFrame, experts: pd.DataFrame, conf
             else "within the loads measured"
         )
         out.append(
-            f"{config} did not saturate: tok/s still rose with load at {_load_text(v.load_kind, hi['load'])}, {far}."
+            f"{config} did not saturate: tok/s still rose with load at "
+            f"{_load_text(v.load_kind, hi['load'])}, {far}."
         )
     else:
         at = e[e["load"] == sat["load"]]
         why = {
             "plateau": "tok/s stopped rising (not distinguishable from the best lower load)",
-            "slo": f"fewer than 90 % of requests met every SLO",
+            "slo": "fewer than 90 % of requests met every SLO",
             "errors": "requests failed",
             "cuts": "most requests were still running when the step ended",
         }[sat["reason"]]
@@ -207,17 +210,20 @@ def _config_sentences(v: Verdict, eng: pd.DataFrame, experts: pd.DataFrame, conf
         busiest = xt.iloc[0]
         rest = xt.iloc[1:]
         sentence = (
-            f"{config} at {_load_text(v.load_kind, top_load)}: {busiest['expert']} took {busiest['share']:.0%} of "
+            f"{config} at {_load_text(v.load_kind, top_load)}: {busiest['expert']} took "
+            f"{busiest['share']:.0%} of "
             f"the requests (the others {', '.join(f'{s:.0%}' for s in rest['share'])})"
         )
         if math.isfinite(busiest["train_share"]):
             sentence += (
-                f"; its cluster(s) {busiest['clusters']} hold {busiest['train_share']:.0%} of the classifier's "
+                f"; its cluster(s) {busiest['clusters']} hold {busiest['train_share']:.0%} of the "
+                "classifier's "
                 "training prompts"
             )
         sentence += (
             f"; its TTFT p50 {_f(busiest['ttft_p50_ms'], '{:,.0f}', ' ms')} and TPOT p50 "
-            f"{_f(busiest['tpot_p50_ms'], '{:.1f}', ' ms')} vs {_f(rest['ttft_p50_ms'].median(), '{:,.0f}', ' ms')} "
+            f"{_f(busiest['tpot_p50_ms'], '{:.1f}', ' ms')} vs "
+            f"{_f(rest['ttft_p50_ms'].median(), '{:,.0f}', ' ms')} "
             f"and {_f(rest['tpot_p50_ms'].median(), '{:.1f}', ' ms')} on the others (median)."
         )
         out.append(sentence)
@@ -231,7 +237,7 @@ def _pair_sentences(v: Verdict, eng: pd.DataFrame) -> list[str]:
             continue
         tps = cmp[cmp["metric"] == "tok_per_s"].sort_values("load")
         x = v.crossovers.get((a, b, kind))
-        wins_a = [f"{load:g}" for load in tps.loc[tps["winner"] == "a", "load"]]
+        wins_a = [f"{load:g}" for load in tps.loc[tps["winner"] == "a", "load"]]  # NaN/None never equal
         wins_b = [f"{load:g}" for load in tps.loc[tps["winner"] == "b", "load"]]
         tie = [f"{load:g}" for load in tps.loc[tps["verdict"] == "not distinguishable", "load"]]
         flagged = [f"{load:g}" for load in tps.loc[~tps["usable"], "load"]]
@@ -285,8 +291,10 @@ def _pair_sentences(v: Verdict, eng: pd.DataFrame) -> list[str]:
             verdict = {"a": f"{a} is faster", "b": f"{b} is faster"}.get(r["winner"], "not distinguishable")
             out.append(
                 f"TTFT p99 at {_load_text(kind, r['load'])}: {_f(r['value_a'], '{:,.0f}', ' ms')} vs "
-                f"{_f(r['value_b'], '{:,.0f}', ' ms')}, difference 95 % CI {_f(r['diff_ci95_lo'], '{:,.0f}')} to "
-                f"{_f(r['diff_ci95_hi'], '{:,.0f}', ' ms')}, harness error {_f(r['harness_error_ms'], '{:.1f}', ' ms')}: "
+                f"{_f(r['value_b'], '{:,.0f}', ' ms')}, difference 95 % CI "
+                f"{_f(r['diff_ci95_lo'], '{:,.0f}')} to "
+                f"{_f(r['diff_ci95_hi'], '{:,.0f}', ' ms')}, harness error "
+                f"{_f(r['harness_error_ms'], '{:.1f}', ' ms')}: "
                 f"{verdict}."
             )
     return out

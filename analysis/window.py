@@ -130,31 +130,49 @@ def engine_tokens_in_window(
     return total
 
 
-def engine_check(records: pd.DataFrame, metrics: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
-    """Per step: windowed client tokens vs the engines' counter over the same window, and the relative gap.
+def scraped_span(metrics: pd.DataFrame, counter: str = COUNTER) -> tuple[float, float]:
+    """(latest first scrape, earliest last scrape) of `counter` over the targets: where every engine "
+    "is known."""
+    sel = metrics[metrics["metric"] == counter]
+    if sel.empty:
+        return (math.nan, math.nan)
+    ts = pd.to_numeric(sel["ts"], errors="coerce").groupby(sel["target"])
+    return (float(ts.min().max()), float(ts.max().min()))
 
-    Columns: config, load_kind, load, rep, window_s, client_tokens, engine_tokens, rel_diff
-    (client / engine − 1), completed_tokens (the old completion-time count, for comparison).
+
+def engine_check(records: pd.DataFrame, metrics: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+    """Per step: client tokens vs the engines' counter over the same interval, and the relative gap.
+
+    The interval is the step's window clipped to the span the counter was scraped in (the samplers stop a
+    moment before the step's end_ts), so both sides count the same seconds. Columns: config, load_kind, load,
+    rep, check_start, check_s, client_tokens, engine_tokens, rel_diff (client / engine − 1), completed_tokens
+    (the old count: tokens of requests that completed in the interval, for comparison).
     """
     rows = []
     for _, st in steps.iterrows():
         key = (records["run_id"] == st["run_id"]) & (records["config"] == st["config"])
         key &= (records["load_kind"] == st["load_kind"]) & (records["load"] == st["load"])
         recs = records[key & (records["rep"] == st["rep"])]
-        mkey = (metrics["run_id"] == st["run_id"]) & (metrics["config"] == st["config"])
-        mkey &= (metrics["load_kind"] == st["load_kind"]) & (metrics["load"] == st["load"])
-        met = metrics[mkey & (metrics["rep"] == st["rep"])] if len(metrics) else metrics
-        ws, we = float(st["window_start"]), float(st["window_end"])
+        met = metrics
+        if len(metrics):
+            mkey = (metrics["run_id"] == st["run_id"]) & (metrics["config"] == st["config"])
+            mkey &= (metrics["load_kind"] == st["load_kind"]) & (metrics["load"] == st["load"])
+            met = metrics[mkey & (metrics["rep"] == st["rep"])]
+        first, last = scraped_span(met) if len(met) else (math.nan, math.nan)
+        ws = max(float(st["window_start"]), first) if math.isfinite(first) else float(st["window_start"])
+        we = min(float(st["window_end"]), last) if math.isfinite(last) else float(st["window_end"])
         client = tokens_in_window(recs, ws, we)
         engine = engine_tokens_in_window(met, ws, we) if len(met) else math.nan
-        done = recs[recs["in_window"] & recs["success"]]["output_tokens"].clip(lower=0).sum()
+        ends = pd.to_numeric(recs["end_ts"], errors="coerce")
+        done = recs[(ends >= ws) & (ends <= we) & recs["success"]]["output_tokens"].clip(lower=0).sum()
         rows.append(
             {
                 "config": st["config"],
                 "load_kind": st["load_kind"],
                 "load": float(st["load"]),
                 "rep": int(st["rep"]),
-                "window_s": we - ws,
+                "check_start": ws,
+                "check_s": we - ws,
                 "client_tokens": client,
                 "engine_tokens": engine,
                 "rel_diff": client / engine - 1.0 if engine and math.isfinite(engine) else math.nan,
