@@ -30,7 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         rows = table.astype(object).where(table.notna(), None).to_dict("records")
-        args.json.write_text(json.dumps({"run": str(args.run_dir), "steps": rows}, indent=2) + "\n")
+        manifest = data.manifest
+        doc = {
+            "benchmark": "tokens_window",
+            "run": str(args.run_dir),
+            "experiment": (manifest.get("config") or {}).get("name"),
+            "started": manifest.get("started_ts"),
+            "host": manifest.get("host"),
+            "git": manifest.get("git"),
+            "tolerance": args.tolerance,
+            "max_abs_rel_diff": float(table["rel_diff"].abs().max()),
+            "max_abs_completed_rel_diff": float(table["completed_rel_diff"].abs().max()),
+            "steps": rows,
+        }
+        args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     bad = table[~(table["rel_diff"].abs() <= args.tolerance)]
     if len(bad):
         print(f"{len(bad)} step(s) off by more than {args.tolerance:.1%} (or without an engine counter)")

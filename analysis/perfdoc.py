@@ -29,7 +29,7 @@ Results = dict[str, dict[str, Any]]
 def load_results(bench_dir: Path = BENCH_DIR) -> Results:
     """benchmark name -> its committed JSON ({} when a file is missing)."""
     out: Results = {}
-    for name in ("accuracy", "classifier", "gateway", "sim", "soak"):
+    for name in ("accuracy", "classifier", "gateway", "sim", "soak", "tokens_window"):
         f = bench_dir / f"{name}.json"
         out[name] = json.loads(f.read_text()) if f.is_file() else {}
     return out
@@ -129,6 +129,20 @@ def targets(r: Results) -> str:
                 "flat (< 10 % growth)",
                 f"{s['rss_start_mb']:.1f} → {s['rss_end_mb']:.1f} MiB",
                 _status(growth < 0.10 * s["rss_start_mb"]),
+            )
+        )
+    t = r.get("tokens_window") or {}
+    if t:
+        loads = sorted({float(x["load"]) for x in t["steps"]})
+        reps = len(t["steps"]) // max(len(loads), 1)
+        worst = t["max_abs_rel_diff"]
+        rows.append(
+            (
+                f"report tok/s vs the sim's token counter, {' and '.join(f'{x:g}' for x in loads)} streams",
+                f"within {t['tolerance']:.0%}",
+                f"at most {worst:.2%} off in {len(t['steps'])} steps (old count: "
+                f"{t['max_abs_completed_rel_diff']:.2%})",
+                ("met" if worst <= t["tolerance"] else "missed") + f" ({reps} reps, every step)",
             )
         )
     lines = ["| figure | target | measured (committed run) | status |", "| --- | --- | --- | --- |"]
@@ -243,7 +257,34 @@ def soak(r: Results) -> str:
     return "\n".join(lines)
 
 
+def tokens_window(r: Results) -> str:
+    """Windowed client tok/s against the sim's own counter (analysis.enginecheck), per step."""
+    t = r.get("tokens_window") or {}
+    if not t:
+        return "No `tokens_window.json`."
+    lines = [
+        "| users | rep | interval (s) | tokens, client (windowed) | tokens, sim counter | difference "
+        "| tokens, completed requests (old count) | difference |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in t["steps"]:
+        lines.append(
+            f"| {s['load']:g} | {s['rep']} | {s['check_s']:.1f} | {s['client_tokens']:,.0f} | "
+            f"{s['engine_tokens']:,.0f} | {s['rel_diff']:+.2%} | {s['completed_tokens']:,.0f} | "
+            f"{s['completed_rel_diff']:+.2%} |"
+        )
+    host = t.get("host") or {}
+    lines += [
+        "",
+        f"Largest difference: windowed {t['max_abs_rel_diff']:.2%} (target ≤ {t['tolerance']:.0%}), "
+        f"old completion count {t['max_abs_completed_rel_diff']:.2%}; {len(t['steps'])} steps of "
+        f"`{t['experiment']}` on {host.get('cpu_model', '?')} ({host.get('cpu_count_logical', '?')} CPUs).",
+    ]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[Results], str]] = {
+    "tokens_window": tokens_window,
     "machine": machine,
     "targets": targets,
     "sim": sim,
