@@ -11,7 +11,8 @@ Rules (docs/ANALYSIS.md, "Verdict"):
   load (plateau), or where fewer than SLO_ATTAINMENT of the completed requests meet every SLO, or requests
   fail; the maximum goodput is taken over the usable loads up to that point;
 - crossover: the smallest load from which the same arm wins on tok/s (CI) at every larger usable load;
-  None ("none in range") when the highest usable load is not a win.
+  None ("none in range") when the highest usable load is not a win. Rate loads one arm did not run (sweeps)
+  are interpolated between its neighbouring rates.
 """
 
 from __future__ import annotations
@@ -181,21 +182,64 @@ def max_goodput(summary: pd.DataFrame, hl: Headline, config: str, kind: str) -> 
     return {"load": float(r["load"]), "goodput_rps": float(r["goodput_rps"]), "goodput_rps_ci95": [lo, hi]}
 
 
+def _at(
+    summary: pd.DataFrame, hl: Headline, config: str, kind: str, load: float
+) -> tuple[dict[str, Any], dict[str, np.ndarray], bool] | None:
+    """(row, bootstrap distributions, interpolated?) of `config` at `load`.
+
+    Measured loads are returned as they are. Rate loads a configuration did not run (a sweep plans its rates
+    from each configuration's own probes, so two arms rarely share one) are interpolated linearly between the
+    two neighbouring measured rates: figures and bootstrap distributions alike, flags of both neighbours.
+    """
+    row = _row(summary, config, kind, load)
+    if row:
+        return row, hl.dists[(config, kind, float(load))], False
+    if kind != "rate":
+        return None
+    loads = sorted(summary.loc[(summary["config"] == config) & (summary["load_kind"] == kind), "load"])
+    below, above = [x for x in loads if x < load], [x for x in loads if x > load]
+    if not below or not above:
+        return None
+    l0, l1 = below[-1], above[0]
+    w = (load - l0) / (l1 - l0)
+    r0, r1 = _row(summary, config, kind, l0), _row(summary, config, kind, l1)
+    d0, d1 = hl.dists[(config, kind, float(l0))], hl.dists[(config, kind, float(l1))]
+    out: dict[str, Any] = {}
+    for k, v0 in r0.items():
+        v1 = r1.get(k)
+        num = isinstance(v0, int | float) and isinstance(v1, int | float) and not isinstance(v0, bool)
+        out[k] = (1 - w) * float(v0) + w * float(v1) if num else v0
+    out["load"] = float(load)
+    out["flags"] = sorted(set(r0.get("flags", [])) | set(r1.get("flags", [])))
+    dists = {m: (1 - w) * d0[m] + w * d1[m] for m in d0}
+    return out, dists, True
+
+
+def compare_loads(summary: pd.DataFrame, a: str, b: str, kind: str) -> list[float]:
+    """Loads to compare A and B at: the common ones; for rates, every rate either ran inside both ranges."""
+    la = set(summary.loc[(summary["config"] == a) & (summary["load_kind"] == kind), "load"])
+    lb = set(summary.loc[(summary["config"] == b) & (summary["load_kind"] == kind), "load"])
+    if kind != "rate" or not la or not lb:
+        return sorted(la & lb)
+    lo, hi = max(min(la), min(lb)), min(max(la), max(lb))
+    return sorted(x for x in la | lb if lo <= x <= hi)
+
+
 def compare_rows(
     summary: pd.DataFrame, hl: Headline, a: str, b: str, kind: str, metrics: Sequence[str] = tuple(HEADLINE)
 ) -> pd.DataFrame:
-    """A − B per common load and metric: diff, its CI, ratio, and which arm wins ("a", "b" or None).
+    """A − B per load and metric: diff, its CI, ratio, and which arm wins ("a", "b" or None).
 
     Columns: load_kind, load, metric, value_a, value_b, diff, diff_ci95_lo, diff_ci95_hi, ratio,
-    harness_error_ms,
-    winner, usable, verdict ("a wins" / "b wins" / "not distinguishable" / "flagged").
+    harness_error_ms, winner, usable, interpolated (a rate one arm did not run, see _at), verdict
+    ("a wins" / "b wins" / "not distinguishable" / "flagged").
     """
     rows = []
-    la = set(summary.loc[(summary["config"] == a) & (summary["load_kind"] == kind), "load"])
-    lb = set(summary.loc[(summary["config"] == b) & (summary["load_kind"] == kind), "load"])
-    for load in sorted(la & lb):
-        ra, rb = _row(summary, a, kind, load), _row(summary, b, kind, load)
-        da, db = hl.dists[(a, kind, load)], hl.dists[(b, kind, load)]
+    for load in compare_loads(summary, a, b, kind):
+        at_a, at_b = _at(summary, hl, a, kind, load), _at(summary, hl, b, kind, load)
+        if at_a is None or at_b is None:
+            continue
+        (ra, da, ia), (rb, db, ib) = at_a, at_b
         herr = max(
             abs(float(ra.get("harness_ttft_error_p99_ms", math.nan) or 0.0)),
             abs(float(rb.get("harness_ttft_error_p99_ms", math.nan) or 0.0)),
@@ -228,6 +272,7 @@ def compare_rows(
                     "harness_error_ms": err,
                     "winner": winner,
                     "usable": ok,
+                    "interpolated": bool(ia or ib),
                     "verdict": verdict,
                 }
             )

@@ -252,3 +252,25 @@ def test_print_summary_writes_summary_json_and_never_raises(tmp_path) -> None:
     bad: list[str] = []
     assert print_summary(tmp_path / "nothing-here", echo=bad.append) is None
     assert bad and bad[0].startswith("summary: not written")
+
+
+def test_sweep_rates_that_differ_per_arm_are_interpolated(tmp_path) -> None:
+    run = tmp_path / "exp" / "run"
+    write_manifest(run)
+    # each arm planned its own rates (a sweep): A ran 1 and 3 req/s, B ran 2 and 4
+    _arm(run, "routed", "rate", {1.0: 10, 3.0: 50})
+    _arm(run, "single", "rate", {2.0: 20, 4.0: 20})
+    for r in (1.0, 3.0):
+        step = run / "routed" / f"rate={r:g}" / "rep=0" / "step.json"
+        info = json.loads(step.read_text())
+        step.write_text(json.dumps({**info, "sweep_phase": "interpolated"}))
+    v = analyze_verdict(run, n_boot=300)
+    cmp = v.comparisons[("routed", "single", "rate")]
+    tok = cmp[cmp["metric"] == "tok_per_s"].set_index("load")
+    # compared inside the overlap [2, 3]: A is interpolated at 2, B at 3
+    assert list(tok.index) == [2.0, 3.0] and tok["interpolated"].all()
+    assert tok.loc[2.0, "value_a"] == pytest.approx((10 + 50) / 2 * 150 / 15.0)
+    assert tok.loc[3.0, "value_b"] == pytest.approx(20 * 150 / 15.0)
+    assert tok.loc[3.0, "winner"] == "a" and tok.loc[2.0, "winner"] == "a"
+    assert v.crossovers[("routed", "single", "rate")]["load"] == 2.0
+    assert set(v.summary["sweep_phase"].dropna()) == {"interpolated"}
