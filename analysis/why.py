@@ -158,7 +158,11 @@ def _config_sentences(v: Verdict, eng: pd.DataFrame, experts: pd.DataFrame, conf
             f"{_f(fit['running_per_engine'].iloc[-1], '{:.1f}')} "
             f"(≈ {slope:+.2f} ms per extra running request)."
         )
-    if sat is None:
+    clean = [r for r in rows.to_dict("records") if usable(list(r["flags"]))]
+    if sat is None and not clean:
+        out.append(f"{config}: every step is flagged, so whether and where it saturates is not judged.")
+    elif sat is None:
+        top = clean[-1]
         far = (
             "so the engines were far from full"
             if math.isfinite(hi["kv_cache_usage"])
@@ -168,7 +172,7 @@ def _config_sentences(v: Verdict, eng: pd.DataFrame, experts: pd.DataFrame, conf
         )
         out.append(
             f"{config} did not saturate: tok/s still rose with load at "
-            f"{_load_text(v.load_kind, hi['load'])}, {far}."
+            f"{_load_text(v.load_kind, top['load'])} (its highest unflagged load), {far}."
         )
     else:
         at = e[e["load"] == sat["load"]]
