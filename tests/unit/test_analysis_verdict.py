@@ -274,3 +274,33 @@ def test_sweep_rates_that_differ_per_arm_are_interpolated(tmp_path) -> None:
     assert tok.loc[3.0, "winner"] == "a" and tok.loc[2.0, "winner"] == "a"
     assert v.crossovers[("routed", "single", "rate")]["load"] == 2.0
     assert set(v.summary["sweep_phase"].dropna()) == {"interpolated"}
+
+
+def test_why_names_expert_shares_beside_the_classifiers_cluster_sizes(tmp_path) -> None:
+    run = tmp_path / "exp" / "run"
+    write_manifest(run)
+    write_config(run, "routed", "routed", ["e0", "e1", "e2"])
+    (run / "routed" / "classifier").mkdir(parents=True)
+    (run / "routed" / "classifier" / "card.json").write_text(
+        json.dumps({"k": 3, "cluster_sizes": [60, 25, 15]})
+    )
+    recs = []
+    for i in range(100):
+        k = 0 if i < 60 else (1 if i < 85 else 2)
+        ttft = 0.3 if k == 0 else 0.1  # the busy expert is slower
+        recs.append(rec(106.0 + i * 0.1, request_id=f"r{i}", expert=f"e{k}", cluster=k, ttft_s=ttft))
+    running = [
+        f"{t},e{k},vllm:num_requests_running,,{6 if k == 0 else 2}" for t in range(100, 121) for k in range(3)
+    ]
+    write_load_step(run, "routed", "users", 10, 0, recs, metrics_rows=running)
+    v = analyze_verdict(run, n_boot=100)
+    from analysis.why import classifier_cards, engine_table, expert_table
+
+    ex = expert_table(v.data.records, classifier_cards(run)).set_index("expert")
+    assert ex.loc["e0", "share"] == pytest.approx(0.6) and ex.loc["e0", "train_share"] == pytest.approx(0.6)
+    assert ex.loc["e0", "ttft_p50_ms"] == pytest.approx(300.0) and ex.loc["e1", "clusters"] == "1"
+    eng = engine_table(v.summary, v.data.configs).iloc[0]
+    assert eng["engines"] == 3 and eng["running_per_engine"] == pytest.approx(10 / 3)
+    text = " ".join(v.sentences)
+    assert "e0 took 60% of the requests (the others 25%, 15%)" in text
+    assert "its cluster(s) 0 hold 60% of the classifier's training prompts" in text
