@@ -16,6 +16,7 @@ from typing import Any
 import click
 import numpy as np
 
+from system.bench._out import local_out
 from system.bench._peers import (
     Target,
     core_plan,
@@ -154,9 +155,9 @@ def check_targets(flat: dict[str, Any]) -> dict[str, Any]:
 @click.option("--users", default="1,100,500,1000", show_default=True, help="Comma-separated stream counts.")
 @click.option("--seconds", default=10.0, show_default=True, help="Measured seconds per run.")
 @click.option("--warmup", default=3.0, show_default=True, help="Unmeasured seconds before each run.")
-@click.option("--out", default="results/benchmarks/gateway.json", show_default=True, type=click.Path())
+@click.option("--out", default=local_out("gateway.json"), show_default=True, type=click.Path())
 @click.option(
-    "--md", default="docs/perf/gateway.md", show_default=True, type=click.Path(), help="'' to skip."
+    "--md", default=local_out("gateway.md"), show_default=True, type=click.Path(), help="'' to skip."
 )
 @click.option("--upstream", type=click.Choice(["fake", "sim"]), default="fake", show_default=True)
 @click.option("--sim-profile", default="debug", show_default=True)

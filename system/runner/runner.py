@@ -226,6 +226,9 @@ class ExperimentRunner:
                 bar.close()
             self._bar_ref = None
             self._close_manifest(manifest, status, summary, message)
+        from analysis.summary import print_summary  # end-of-run table + summary.json (never raises)
+
+        print_summary(self.run_dir, echo=self.echo)
         return summary
 
     def say(self, line: str) -> None:
