@@ -28,6 +28,7 @@ log = logging.getLogger("expert_router.edge")
 # growth, health checks, the event loop's own)
 FD_RESERVE = 128
 CUT_EXTENSION = "expert_router.cut"
+LINGER_S = 2.0  # after an error answer, how long input is still read (and dropped) before closing
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
@@ -112,6 +113,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received while in the head: bounds memory before the parser sees it
         self._head_size = 0  # exact: url + header names and values
         self._head_count = 0
+        self._over_cap = False
+        self._discarding = False  # an error was answered: the rest of the input is dropped
 
     # -- timers ------------------------------------------------------------------------------------------
     def _arm(self, delay: float, callback: Any) -> None:
@@ -125,6 +128,9 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # admission by arrival: a connection beyond the cap is answered 503 (then closed); the ones within
+        # it are served even while a burst of later ones is still open
+        self._over_cap = len(self.connections) > self.edge.max_connections
         # uvicorn arms its keep-alive timer only after a first response: a socket that never sends a byte
         # would be held forever
         self.timeout_keep_alive_task = self.loop.call_later(
@@ -149,7 +155,16 @@ class EdgeProtocol(HttpToolsProtocol):
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.write(error_bytes(status, message, extra_headers))
-        self.transport.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after an error answer without losing it: closing a socket with unread input sends a
+        reset, which can discard the answer before the client reads it. So: send FIN after the answer,
+        drop whatever still arrives, and close for good when the client does, or after LINGER_S."""
+        self._discarding = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._arm(LINGER_S, self.transport.close)
 
     def _head_timeout(self) -> None:
         self._edge_timer = None
@@ -161,6 +176,8 @@ class EdgeProtocol(HttpToolsProtocol):
 
     # -- parsing -----------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         self._unset_keepalive_if_required()
         if self._in_head:
             if self._head_bytes == 0 and self._edge_timer is None:
@@ -231,7 +248,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _over_capacity(self) -> str | None:
         e = self.edge
-        over_conn = len(self.connections) > e.max_connections
+        over_conn = self._over_cap
         over_tasks = e.max_in_flight is not None and len(self.tasks) >= e.max_in_flight
         if not (over_conn or over_tasks):
             return None

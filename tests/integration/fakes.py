@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import uvicorn
 
 from system.gateway.app import create_app
+from system.gateway.cli import edge_options
 from system.gateway.config import GatewayConfig
 from system.processes import ServerProcess, free_port
 
@@ -93,8 +95,15 @@ async def gateway_in_process(
     if loader is None and classifier is not None:
         loader = lambda _path: classifier  # noqa: E731
     app = create_app(cfg, classifier_loader=loader)  # type: ignore[arg-type]
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        **edge_options(cfg, soft),  # the same HTTP protocol and limits as the CLI
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

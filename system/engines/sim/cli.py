@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import resource
 import sys
 
 import click
 
 from system.engines.sim.profilefiles import ProfileFileError, resolve_profile
 from system.engines.sim.profiles import PROFILES, UnknownProfileError
-
-
-def _raise_nofile_limit() -> None:
-    # ~1,000 concurrent streams need ~1,000 sockets; the default soft limit is often 1,024
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 65536
-    if soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -60,6 +49,42 @@ def _raise_nofile_limit() -> None:
     default="warning",
     help="Log level.",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=10_000,
+    help="Client connections at once; more get 503 + Retry-After (not /health, /metrics).",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Requests being served at once; more get 503 + Retry-After (default: no cap, requests queue).",
+)
+@click.option(
+    "--idle-timeout",
+    "idle_timeout_s",
+    type=click.FloatRange(min=0.01),
+    default=30.0,
+    help="Close connections idle this long (s).",
+)
+@click.option(
+    "--header-timeout",
+    "header_timeout_s",
+    type=click.FloatRange(min=0.01),
+    default=10.0,
+    help="Request head within this (s), else 408.",
+)
+@click.option(
+    "--body-timeout",
+    "body_timeout_s",
+    type=click.FloatRange(min=0.01),
+    default=30.0,
+    help="Request body within this after the head (s), else 408.",
+)
+@click.option(
+    "--max-header-bytes", type=click.IntRange(min=1024), default=32 * 1024, help="Larger request heads: 431."
+)
 @click.option("--list-profiles", is_flag=True, help="Print the profiles and exit.")
 def sim(
     profile_name: str | None,
@@ -76,6 +101,12 @@ def sim(
     output_len_median: float | None,
     max_lag_s: float,
     log_level: str,
+    max_connections: int,
+    max_in_flight: int | None,
+    idle_timeout_s: float,
+    header_timeout_s: float,
+    body_timeout_s: float,
+    max_header_bytes: int,
     list_profiles: bool,
 ) -> None:
     """Run the continuous-batching vLLM simulator behind the OpenAI API."""
@@ -105,11 +136,21 @@ def sim(
 
     import uvicorn
 
+    from system.edge import EdgeConfig, fit_to_fds, raise_nofile_limit, uvicorn_options
     from system.engines.sim.engine import SimEngine
     from system.engines.sim.server import SimApp
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _raise_nofile_limit()
+    soft, _hard = raise_nofile_limit()  # ~1,000 concurrent streams need ~1,000 sockets
+    edge = EdgeConfig(
+        max_connections=max_connections,
+        max_in_flight=max_in_flight,
+        idle_timeout_s=idle_timeout_s,
+        header_timeout_s=header_timeout_s,
+        body_timeout_s=body_timeout_s,
+        max_header_bytes=max_header_bytes,
+        fds_per_connection=1,  # no upstream connections
+    )
     name = model_name or profile.name
 
     # the engine needs the running loop (asyncio.Event, tasks): build it in uvicorn's loop via lifespan
@@ -125,15 +166,14 @@ def sim(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
         lifespan="on",
         access_log=False,
         log_level=log_level,
         backlog=4096,
-        timeout_keep_alive=30,
         timeout_graceful_shutdown=2,
         server_header=False,
         proxy_headers=False,  # loopback only; skips a middleware hop on every request
+        **uvicorn_options(fit_to_fds(edge, soft)),  # httptools protocol with the edge limits
     )
     server = uvicorn.Server(config)
     server.run()
