@@ -41,7 +41,7 @@ _TYPES = {503: "service_unavailable"}
 class EdgeConfig(StrictModel):
     """Limits of one HTTP server (see docs/GATEWAY.md, *Limits at the edge*)."""
 
-    max_connections: int = Field(default=10_000, ge=1)
+    max_connections: int = Field(default=8192, ge=1)
     max_in_flight: int | None = Field(default=None, ge=1, description="Server-wide; None: the app decides.")
     idle_timeout_s: float = Field(default=30.0, gt=0)
     header_timeout_s: float = Field(default=10.0, gt=0)

@@ -91,7 +91,7 @@ class LimitsConfig(StrictModel):
         default=4096, ge=1, description="Proxied requests at once; more get 503 with Retry-After."
     )
     max_connections: int = Field(
-        default=10_000,
+        default=8192,
         ge=1,
         description="Client connections at once; a request on one more gets 503 with Retry-After "
         "(/health and /metrics are still answered). Lowered at start-up to what the fd limit allows.",

@@ -202,7 +202,7 @@ def test_low_hard_fd_limit_lowers_the_cap_instead_of_failing(tmp_path: Path) -> 
 
         statuses, health = asyncio.run(run())
     log = Path(gw.log_path).read_text()
-    assert "max_connections lowered from 10000" in log
+    assert "max_connections lowered from 8192" in log
     assert health == 200
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 16 and 503 in statuses
     assert "Too many open files" not in log

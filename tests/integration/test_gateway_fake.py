@@ -288,8 +288,9 @@ async def test_admin_endpoints(shared: list[int], monkeypatch: pytest.MonkeyPatc
     async with (
         gateway_in_process(make_cfg(shared), KeywordClassifier()) as url,
         aiohttp.ClientSession() as s,
-        s.post(url + "/admin/policy", json={"kind": "round_robin"}) as r,
+        s.post(url + "/admin/policy", data=b"{not json", headers=JSON) as r,
     ):
+        # the token is checked before the body is read: 403 (admin off), not 400
         assert r.status == 403 and "EXPERT_ROUTER_ADMIN_TOKEN" in (await r.json())["error"]["message"]
     monkeypatch.setenv("EXPERT_ROUTER_ADMIN_TOKEN", "s3cret")
     loads: list[Path] = []
@@ -304,6 +305,16 @@ async def test_admin_endpoints(shared: list[int], monkeypatch: pytest.MonkeyPatc
             url + "/admin/policy", json={"kind": "round_robin"}, headers={"Authorization": "Bearer x"}
         ) as r:
             assert r.status == 401
+        for bad_body in (b"{not json", b"[" * 50_000, b'{"kind": 1' + b"0" * 5000 + b"}"):
+            for headers in ({}, {"Authorization": "Bearer x"}):  # no token, wrong token: 401 first
+                async with s.post(url + "/admin/policy", data=bad_body, headers={**JSON, **headers}) as r:
+                    assert r.status == 401 and (await r.json())["error"]["type"] == "authentication_error"
+            async with s.post(url + "/admin/policy", data=bad_body, headers={**JSON, **auth}) as r:
+                assert r.status == 400 and (await r.json())["error"]["code"] == 400
+        async with s.post(url + "/admin/policy", data=b"kind=single", headers=auth) as r:
+            assert r.status == 415
+        async with s.post(url + "/admin/reload-classifier", json={"path": 3, "x": 1}, headers=auth) as r:
+            assert r.status == 400 and "invalid request" in (await r.json())["error"]["message"]
         async with s.post(url + "/admin/policy", json={"kind": "teleport"}, headers=auth) as r:
             assert r.status == 400
         async with s.post(url + "/admin/policy", json={"kind": "single", "expert": "e1"}, headers=auth) as r:

@@ -52,7 +52,7 @@ from system.engines.sim.profiles import PROFILES, UnknownProfileError
 @click.option(
     "--max-connections",
     type=click.IntRange(min=1),
-    default=10_000,
+    default=8192,
     help="Client connections at once; more get 503 + Retry-After (not /health, /metrics).",
 )
 @click.option(
