@@ -46,7 +46,7 @@ class SimEngine(_EngineBase):
 class _GpuEngine(_EngineBase):
     model: str  # HF id or local path
     gpus: list[int] = Field(default_factory=list)  # CUDA_VISIBLE_DEVICES; empty = inherit
-    # executable: a name on PATH, or an argv prefix (tests use [python, tests/integration/fake_vllm.py])
+    # executable: a name on PATH, or an argv prefix (tests use [python, -m, system.bench.fake_upstream])
     executable: str | list[str] = ""
     startup_timeout_s: float = Field(default=900.0, gt=0)  # weights loading + CUDA graph capture
     warmup_requests: int = Field(default=2, ge=0)
