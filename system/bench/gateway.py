@@ -223,7 +223,6 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "aiohttp": (("--upstream-client", "aiohttp"), {}),
     "workers2": (("--workers", "2"), {}),
     "asyncio": (("--loop", "asyncio"), {}),
-    "h11": (("--http", "h11"), {}),
     "fastapi": ((), {"EXPERT_ROUTER_GATEWAY_FASTPATH": "0"}),
 }
 

@@ -45,7 +45,6 @@ def app_from_env() -> object:
     help="Upstream HTTP client (default: server.upstream_client).",
 )
 @click.option("--loop", "loop_kind", default=None, type=click.Choice(["uvloop", "asyncio"]))
-@click.option("--http", "http_kind", default=None, type=click.Choice(["httptools", "h11"]))
 def gateway(
     config_path: str,
     host: str | None,
@@ -54,7 +53,6 @@ def gateway(
     workers: int | None,
     upstream_client: str | None,
     loop_kind: str | None,
-    http_kind: str | None,
 ) -> None:
     """Run the routing gateway (OpenAI API) in front of the experts named in --config."""
     from system.gateway.config import load_config
@@ -71,7 +69,6 @@ def gateway(
                 ("workers", workers),
                 ("upstream_client", upstream_client),
                 ("loop", loop_kind),
-                ("http", http_kind),
             )
             if v is not None
         }
@@ -92,7 +89,7 @@ def gateway(
         "host": cfg.host,
         "port": cfg.port,
         "loop": cfg.server.loop,
-        "http": cfg.server.http,
+        "http": "httptools",  # the relay's stream fast lane writes to this protocol's transport
         "access_log": False,  # one log line per request costs more than the relay itself
         "log_level": log_level,
         "backlog": 4096,

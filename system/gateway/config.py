@@ -132,7 +132,6 @@ class ServerConfig(StrictModel):
         description="raw: httptools keep-alive pool writing chunks to the client; aiohttp: ClientSession.",
     )
     loop: Literal["uvloop", "asyncio"] = "uvloop"
-    http: Literal["httptools", "h11"] = "httptools"
 
 
 class GatewayConfig(StrictModel):

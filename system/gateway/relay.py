@@ -222,7 +222,8 @@ class RelayResponse(Response):
 
         def write(data: bytes) -> None:
             self.last_io = now()
-            if not cycle.disconnected:  # type: ignore[union-attr]  # the watcher cancels us
+            # a client gone (or going) is not the expert's failure: drop the bytes, the watcher cancels us
+            if not cycle.disconnected and not transport.is_closing():  # type: ignore[union-attr]
                 transport.write(b"%x\r\n%s\r\n" % (len(data), data))
 
         await pipe(write, lambda: not flow.write_paused, flow.drain)

@@ -273,16 +273,18 @@ class UpstreamPool:
         return len(self.in_use) + sum(len(v) for v in self.idle.values())
 
     async def _acquire(self, key: tuple[str, int]) -> _Conn:
-        idle = self.idle.get(key)
-        now = time.monotonic()
-        while idle:
-            c = idle.pop()
-            if not c.lost and now - c.idle_since < IDLE_S:
-                self.in_use.add(c)
-                return c
-            c.close()
-        while self.open_count() >= self.limit:
-            # close an idle connection to another expert before waiting for one to be released
+        while True:
+            idle = self.idle.get(key)
+            now = time.monotonic()
+            while idle:
+                c = idle.pop()
+                if not c.lost and now - c.idle_since < IDLE_S:
+                    self.in_use.add(c)
+                    return c
+                c.close()
+            if self.open_count() < self.limit:
+                break
+            # at the limit: close an idle connection to another expert, else wait for one to be released
             other = next((v for v in self.idle.values() if v), None)
             if other:
                 other.pop().close()
