@@ -17,7 +17,7 @@ from typing import Any
 from system.records import read_records, record_files
 from system.runner.config import Configuration, ExperimentConfig
 from system.runner.manifest import write_json_atomic
-from system.telemetry.nvml import GpuSampler
+from system.telemetry.dcgm import gpu_sampler
 from system.telemetry.procs import ProcessSampler
 from system.telemetry.prometheus import PrometheusScraper
 
@@ -154,7 +154,7 @@ def run_step(ctx: StepContext, step: StepPlan) -> dict[str, Any]:
             tele.scrape_timeout_s,
             drop_suffixes=() if tele.keep_histogram_buckets else ("_bucket", "_created"),
         ),
-        GpuSampler(step.dir / "gpu.csv", tele.gpu_interval_s, indices=stack.gpus() or None),
+        gpu_sampler(step.dir / "gpu.csv", tele, stack),  # NVML here, or DCGM exporters of a cluster
         ProcessSampler(step.dir / "procs.csv", stack.pids, tele.procs_interval_s),
     ]
     spawn_rate = cfg.spawn_rate_for(step.users)
