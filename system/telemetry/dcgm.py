@@ -25,7 +25,7 @@ LINK_COLUMNS = ("pcie_tx_mb_s", "pcie_rx_mb_s", "nvlink_tx_mb_s", "nvlink_rx_mb_
 DCGM_GPU_HEADER = (*_BASE, "source", *LINK_COLUMNS)
 SOURCE = "dcgm"
 
-# DCGM field -> (gpu.csv column, scale). FB_* are MiB (NVML's mem_*_mb are MiB too), POWER_USAGE is W,
+# DCGM field -> (gpu.csv column, divisor). FB_* are MiB (NVML's mem_*_mb are MiB too), POWER_USAGE is W,
 # the PROF_*_BYTES fields are rates in bytes/s.
 FIELDS: dict[str, tuple[str, float]] = {
     "DCGM_FI_DEV_GPU_UTIL": ("util_pct", 1.0),
@@ -36,10 +36,10 @@ FIELDS: dict[str, tuple[str, float]] = {
     "DCGM_FI_DEV_POWER_USAGE": ("power_w", 1.0),
     "DCGM_FI_DEV_SM_CLOCK": ("sm_clock_mhz", 1.0),
     "DCGM_FI_DEV_GPU_TEMP": ("temp_c", 1.0),
-    "DCGM_FI_PROF_PCIE_TX_BYTES": ("pcie_tx_mb_s", 1e-6),
-    "DCGM_FI_PROF_PCIE_RX_BYTES": ("pcie_rx_mb_s", 1e-6),
-    "DCGM_FI_PROF_NVLINK_TX_BYTES": ("nvlink_tx_mb_s", 1e-6),
-    "DCGM_FI_PROF_NVLINK_RX_BYTES": ("nvlink_rx_mb_s", 1e-6),
+    "DCGM_FI_PROF_PCIE_TX_BYTES": ("pcie_tx_mb_s", 1e6),
+    "DCGM_FI_PROF_PCIE_RX_BYTES": ("pcie_rx_mb_s", 1e6),
+    "DCGM_FI_PROF_NVLINK_TX_BYTES": ("nvlink_tx_mb_s", 1e6),
+    "DCGM_FI_PROF_NVLINK_RX_BYTES": ("nvlink_rx_mb_s", 1e6),
 }
 # DCGM's "blank" sentinels (no value for this field on this GPU): DCGM_INT64_BLANK and up, DCGM_FP64_BLANK
 _INT64_BLANK = float(0x7FFFFFFFFFFFFFF0)
@@ -100,8 +100,8 @@ def parse_dcgm(text: str, target: DcgmTarget) -> list[dict[str, Any]]:
             if s.labels.get("GPU_I_ID", "") != "":
                 gpu_id += f"/mig{s.labels['GPU_I_ID']}"
             row = gpus.setdefault(gpu_id, {"gpu": gpu_id})
-            column, scale = field
-            row[column] = _value(float(s.value)) * scale
+            column, divisor = field
+            row[column] = _value(float(s.value)) / divisor
     out = []
     for row in gpus.values():
         used, free = row.get("mem_used_mb", math.nan), row.pop("_fb_free", math.nan)
