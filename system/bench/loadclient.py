@@ -97,6 +97,7 @@ async def run(
         "ttft_ms": [round(r[1] * 1e3, 4) for r in measured],
         "e2e_ms": [round(r[2] * 1e3, 3) for r in measured],
         "requests": len(measured),
+        "requests_total": len(results),  # warm-up included: what the proxy's CPU over the whole run served
         "completed_tokens_per_s": sum(r[3] for r in done_in_window) / window,
         "requests_per_s": len(done_in_window) / window,
         "errors": errors,

@@ -17,12 +17,13 @@ from typing import Any
 import click
 import psutil
 
-from system.runner.locust import run_locust
+from system.bench._out import local_out
 from system.bench._sims import sim_stack
 from system.bench.accuracy import locust_version, machine, pct, processes_for, write_json
 from system.records import read_records
+from system.runner.locust import run_locust
 
-DEFAULT_OUT = "results/benchmarks/soak.json"
+DEFAULT_OUT = local_out("soak.json")
 SAMPLE_EVERY_S = 5.0
 
 

@@ -12,6 +12,8 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator, model
 
 from system.config import StrictModel, load_yaml_model
 from system.engines.base import EngineSpec
+from system.engines.external import normalize_url
+from system.telemetry.dcgm import DcgmTarget
 
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CLASSIFYING_POLICIES = {"cluster", "cluster_spill"}
@@ -94,13 +96,29 @@ class ClassifierSpec(StrictModel):
 
 
 class GatewaySpec(StrictModel):
-    """The routing gateway in front of the experts (`expert-router gateway --config ...`)."""
+    """The routing gateway in front of the experts (`expert-router gateway --config ...`), or, with `url`,
+    a gateway that already runs (nothing launched; its experts must then be `external` too)."""
 
     policy: dict[str, Any] = Field(default_factory=dict)  # {kind: cluster|cluster_spill|single|..., options}
     classifier: ClassifierSpec | None = None
     # any other gateway YAML keys (limits, timeouts, ...) passed through unchanged
     extra: dict[str, Any] = Field(default_factory=dict)
     startup_timeout_s: float = Field(default=60.0, gt=0)
+    # an external gateway: its root URL, its Prometheus text, the `model` Locust sends (ours: "auto";
+    # a model-name router such as the vLLM production-stack router wants the served model name)
+    url: str | None = None
+    metrics_url: str | None = None
+    model: str = "auto"
+    health_path: str = "/health"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else normalize_url(v, "gateway url")
+
+    @property
+    def external(self) -> bool:
+        return self.url is not None
 
     @field_validator("policy")
     @classmethod
@@ -171,6 +189,8 @@ class Configuration(StrictModel):
     # several experts on one GPU (each engine capping its own memory share, e.g. transformers serve
     # --cb-max-memory-percent or vLLM --gpu-memory-utilization); off by default so a typo'd id fails loudly
     share_gpus: bool = False
+    # DCGM exporters whose GPUs this configuration uses (cluster GPU telemetry into gpu.csv, source "dcgm")
+    dcgm: list[DcgmTarget] = Field(default_factory=list)
     description: str = ""
 
     @field_validator("name")
@@ -189,7 +209,22 @@ class Configuration(StrictModel):
             )
         if self.topology == "routed" and not self.via_gateway:
             raise ValueError(f"routed topology {self.name!r} needs the gateway (via_gateway: true)")
-        if not self.gateway.policy:
+        if self.gateway.external:
+            if not self.via_gateway:
+                raise ValueError(f"{self.name!r}: gateway.url is set but via_gateway is false")
+            local = [e.name for e in self.experts if e.engine.kind != "external"]
+            if local:
+                # a running gateway cannot be told about servers the harness starts on this host
+                raise ValueError(
+                    f"{self.name!r}: gateway.url points at a running gateway, so its experts must be "
+                    f"engine kind `external` too; launched here: {local}"
+                )
+            if self.gateway.policy or self.gateway.classifier is not None or self.gateway.extra:
+                raise ValueError(
+                    f"{self.name!r}: policy/classifier/extra configure a gateway the harness launches; "
+                    "with gateway.url they belong to the running gateway's own config"
+                )
+        elif not self.gateway.policy:
             kind = "cluster" if self.topology == "routed" else "single"
             self.gateway.policy = {"kind": kind}
         if self.needs_classifier and self.gateway.classifier is None:
@@ -205,7 +240,10 @@ class Configuration(StrictModel):
     @property
     def accepts_ignore_eos(self) -> bool:
         """Whether every engine takes vLLM's `ignore_eos` (sim and vLLM do; transformers serve rejects it)."""
-        return all(e.engine.kind in IGNORE_EOS_ENGINES for e in self.experts)
+        return all(
+            e.engine.ignore_eos if e.engine.kind == "external" else e.engine.kind in IGNORE_EOS_ENGINES
+            for e in self.experts
+        )
 
     @property
     def uses_gateway(self) -> bool:
@@ -213,7 +251,11 @@ class Configuration(StrictModel):
 
     @property
     def needs_classifier(self) -> bool:
-        return self.uses_gateway and self.gateway.policy.get("kind") in CLASSIFYING_POLICIES
+        return (
+            self.uses_gateway
+            and not self.gateway.external
+            and self.gateway.policy.get("kind") in CLASSIFYING_POLICIES
+        )
 
 
 class TelemetrySpec(StrictModel):
@@ -223,6 +265,9 @@ class TelemetrySpec(StrictModel):
     scrape_timeout_s: float = Field(default=0.8, gt=0)
     # histogram `_bucket` (and `_created`) samples are most of /metrics; off by default, `_sum`/`_count` stay
     keep_histogram_buckets: bool = False
+    # DCGM exporters scraped for every configuration (added to each configuration's own `dcgm` list); when
+    # any is set, gpu.csv holds their GPUs (source "dcgm") instead of this host's NVML GPUs
+    dcgm: list[DcgmTarget] = Field(default_factory=list)
 
 
 def _positive_distinct(v: list[Any], what: str) -> list[Any]:

@@ -39,19 +39,27 @@ def describe_plan(cfg: ExperimentConfig, run_dir: Path, only: list[str] | None =
         total_pending += len(pending)
         via = "via gateway" if conf.uses_gateway else "direct to the engine"
         lines.append(f"configuration {conf.name}: {conf.topology}, {len(conf.experts)} expert(s), {via}")
-        if conf.uses_gateway:
+        if conf.uses_gateway and not conf.gateway.external:
             lines.append(f"  policy {conf.gateway.policy}")
         clf = classifier_plan(cfg, conf)
         if clf:
             lines.append(f"  classifier {clf}")
+        dcgm = [t.url for t in [*cfg.telemetry.dcgm, *conf.dcgm]]
+        if dcgm:
+            lines.append(f"  gpu.csv from DCGM exporters {dcgm}")
         ports = [*range(9001, 9001 + len(conf.experts)), 8000]
         servers = plan_stack(
             conf, seed=cfg.seed, ports=ports, gateway_config_path=run_dir / conf.name / "gateway.yaml"
         )
         for s in servers:
+            if s.launch.external:  # nothing started: polled at s.launch.health_url, model discovered
+                model = s.launch.served_model or "discovered from /v1/models"
+                lines.append(f"  {s.role} {s.name}: external {s.launch.base_url} (model {model})")
+                continue
             lines.append(f"  {s.role} {s.name}: {_cmd(s.launch.cmd, s.launch.env)}")
         target = next(s for s in servers if s.role == ("gateway" if conf.uses_gateway else "expert"))
-        workload, extra = locust_arguments(cfg, target.launch.served_model, 0, conf.accepts_ignore_eos)
+        model = target.launch.served_model or "<discovered>"
+        workload, extra = locust_arguments(cfg, model, 0, conf.accepts_ignore_eos)
         lines.append(
             f"  locust: host {target.launch.base_url}, workload {workload}, "
             f"processes {cfg.locust.processes}, args {shlex.join(extra)}"

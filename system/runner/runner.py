@@ -126,6 +126,7 @@ class ExperimentRunner:
         self.force_resume = force_resume
         self.echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
         self._bar_ref: Any = None
+        self._manifest: dict[str, Any] | None = None
 
     @property
     def locust_fn(self) -> LocustFn:
@@ -190,6 +191,7 @@ class ExperimentRunner:
     def run(self) -> RunSummary:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         manifest = self._open_manifest()
+        self._manifest = manifest
         summary = RunSummary(self.run_dir)
         plans = {c.name: plan_steps(self.cfg, c, self.run_dir) for c in self.configs}
         pending = {name: [s for s in steps if not is_complete(s.dir)] for name, steps in plans.items()}
@@ -226,6 +228,9 @@ class ExperimentRunner:
                 bar.close()
             self._bar_ref = None
             self._close_manifest(manifest, status, summary, message)
+        from analysis.summary import print_summary  # end-of-run table + summary.json (never raises)
+
+        print_summary(self.run_dir, echo=self.echo)
         return summary
 
     def say(self, line: str) -> None:
@@ -242,6 +247,13 @@ class ExperimentRunner:
         from tqdm import tqdm
 
         return tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def _record_endpoints(self, conf_name: str, endpoints: dict[str, Any]) -> None:
+        """External servers (version, models) into manifest.json `endpoints.<config>.<server>`."""
+        if not endpoints or self._manifest is None:
+            return
+        self._manifest.setdefault("endpoints", {})[conf_name] = endpoints
+        write_json_atomic(self.run_dir / "manifest.json", self._manifest)
 
     def _run_configuration(
         self, conf: Configuration, steps: list[StepPlan], summary: RunSummary, bar: Any
@@ -263,6 +275,7 @@ class ExperimentRunner:
                     f"[{conf.name}] killed {len(stack.stale_killed)} server(s) left by an interrupted run"
                 )
             self.say(f"[{conf.name}] up: target {stack.target_url} (model {stack.target_model})")
+            self._record_endpoints(conf.name, stack.endpoints)
             state = {"ran": 0}
 
             def one(step: StepPlan) -> dict[str, Any]:

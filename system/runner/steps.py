@@ -18,9 +18,10 @@ from system.records import read_records, record_files
 from system.runner.config import AUTO_RAMP_S, Configuration, ExperimentConfig
 from system.runner.manifest import write_json_atomic
 from system.runner.stepstats import median_e2e_s, step_figures
-from system.telemetry.nvml import GpuSampler
+from system.telemetry.dcgm import gpu_sampler
 from system.telemetry.procs import ProcessSampler
 from system.telemetry.prometheus import PrometheusScraper
+from system.telemetry.simgpu import SimGpuSampler
 
 # run_locust(host, users, spawn_rate, run_time_s, records_dir, *, workload, shape, processes, extra_args,
 #            log_path, env[, open_loop]) from system.runner.locust, or a stand-in with that signature (tests);
@@ -297,7 +298,10 @@ def run_step(ctx: StepContext, step: StepPlan) -> dict[str, Any]:
             tele.scrape_timeout_s,
             drop_suffixes=() if tele.keep_histogram_buckets else ("_bucket", "_created"),
         ),
-        GpuSampler(step.dir / "gpu.csv", tele.gpu_interval_s, indices=stack.gpus() or None),
+        # sim stacks: the simulated GPUs (source "sim"); otherwise NVML here, or DCGM exporters of a cluster
+        SimGpuSampler(step.dir / "gpu.csv", stack.sim_gpu_urls(), tele.gpu_interval_s)
+        if stack.sim_gpu_urls() and not stack.gpus()
+        else gpu_sampler(step.dir / "gpu.csv", tele, stack),
         ProcessSampler(step.dir / "procs.csv", stack.pids, tele.procs_interval_s),
     ]
     closed = step.load_kind == "users"

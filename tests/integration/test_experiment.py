@@ -17,7 +17,8 @@ import yaml
 from system.records import read_records, record_files
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE = Path(__file__).resolve().parent / "fake_vllm.py"
+# the one fake upstream, in its vLLM stand-in mode (`... serve MODEL --port P`)
+FAKE = [sys.executable, "-m", "system.bench.fake_upstream"]
 CLI = [sys.executable, "-m", "system.cli", "experiment"]
 
 
@@ -156,7 +157,7 @@ def test_routed_vllm_stand_ins_behind_the_gateway(tmp_path: Path) -> None:
             "model": "org/model-8b",
             "gpus": [i],
             "max_num_seqs": 64,
-            "executable": [sys.executable, str(FAKE)],
+            "executable": FAKE,
             "env": {"FAKE_VLLM_RECORD": str(rec).format(i)},
             "startup_timeout_s": 30,
         }

@@ -14,7 +14,7 @@ import pytest
 
 from system.runner.locust import run_locust
 from system.records import read_records
-from tests.integration.fake_openai_server import fake_server, host_of
+from tests.integration.fakes import fake_server, host_of
 
 
 def test_ttft_is_the_first_content_byte_not_the_headers(tmp_path: Path) -> None:

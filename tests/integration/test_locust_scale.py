@@ -10,7 +10,7 @@ from pathlib import Path
 from system.runner.locust import build_command, locustfile_path, run_locust
 from system.processes import free_port
 from system.records import read_records, record_files
-from tests.integration.fake_openai_server import fake_server, host_of
+from tests.integration.fakes import fake_server, host_of
 
 
 def _assert_merged_exactly(records_dir: Path, locust_requests: int, workers: int) -> None:

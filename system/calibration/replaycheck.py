@@ -1,6 +1,6 @@
 """Check the offline replay against the live sim: same profile and closed-loop workload, aiohttp client.
 
-    python -m system.engines.sim.replaycheck --profile debug --users 1,16,64 --duration 10 --warmup 3 \
+    python -m system.calibration.replaycheck --profile debug --users 1,16,64 --duration 10 --warmup 3 \
         --out results/reference/calibration/replay-vs-live.json
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 
 import click
 
+from system.calibration.replay import ReplayRequest, ReplayResult, simulate_closed_loop
 from system.engines.sim.launch import sim_process
 from system.engines.sim.profiles import Profile
-from system.engines.sim.replay import ReplayRequest, ReplayResult, simulate_closed_loop
 from system.sse import SSEReader
 
 METRICS = ("ttft_p50_s", "tpot_p50_s", "output_tps")
