@@ -155,7 +155,8 @@ def soak(
             "profile": profile,
             "workload": "synthetic",
         },
-        "requests": len(df),
+        "requests": int((df["outcome"] != "cut").sum()),  # finished; `cut` ones were open at the end
+        "cut": int((df["outcome"] == "cut").sum()),
         "errors": len(failed),
         "duplicate_request_ids": int(df["request_id"].duplicated().sum()),
         "error_kinds": failed["error"].str.slice(0, 120).value_counts().head(5).to_dict(),
