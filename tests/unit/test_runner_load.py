@@ -18,7 +18,7 @@ from system.runner.config import SweepStop
 from system.runner.manifest import read_json
 from system.runner.plan import describe_plan
 from system.runner.runner import ExperimentRunner
-from system.runner.steps import aggregate_arrivals, effective_warmup, load_flags, step_plan
+from system.runner.steps import aggregate_arrivals, effective_warmup, load_flags, progress_line, step_plan
 from system.runner.sweep import plan_rates, stop_reason
 from tests.unit.test_runner import make_cfg
 
@@ -238,3 +238,25 @@ def test_arrivals_aggregate_over_workers_and_flags() -> None:
     assert aggregate_arrivals([]) is None and load_flags(None) == []
     one = dict(agg, dropped=1, late_concurrency=0)
     assert load_flags(one) == []  # one arrival due as the step stopped is a race, not a drop
+
+
+def test_progress_line_says_what_the_step_did(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    step = step_plan(cfg.configurations[0], tmp_path, "rate", 2.5, 1, sweep_phase="interpolated")
+    info = {
+        "status": "ok",
+        "requests": 40,
+        "errors": 1,
+        "cut": 3,
+        "warmup_s": 0.8,
+        "figures": {"req_per_s": 2.4, "tok_per_s": 310.0, "ttft_p50_ms": 41.0},
+        "arrivals": {"achieved_rate_rps": 2.3, "target_rate_rps": 2.5},
+        "load_flags": ["arrivals_late_client"],
+    }
+    line = progress_line(step, info)
+    assert line == (
+        "[solo] rate=2.5 rep=1 (interpolated): 40 req (1 err, 3 cut), 2.40 req/s, 310 tok/s, "
+        "TTFT p50 41 ms, sent 2.30/s of 2.5/s, warm-up 0.8 s, FLAGS arrivals_late_client"
+    )
+    failed = progress_line(step, {"status": "failed", "message": "locust exited with code 2"})
+    assert failed == "[solo] rate=2.5 rep=1 (interpolated): FAILED: locust exited with code 2"
