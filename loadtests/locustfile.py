@@ -88,6 +88,14 @@ def _init(environment: Any, **_: Any) -> None:
     except Exception as e:
         logger.error("cannot start the load test: %s", e)
         sys.exit(2)
+    if isinstance(environment.runner, WorkerRunner):
+        # workers take their options from the master at test start, and load the prompts then, after the
+        # master has armed --run-time (seconds of a short step on a busy machine); load them now from this
+        # process's own options, identical for --processes forks (test start reuses them when they match)
+        try:
+            load_workload(settings_from(environment.parsed_options))
+        except Exception as e:  # the master's options decide at test start
+            logger.debug("prompts not preloaded: %s", e)
     # gevent's loop clock is cached and has not moved since the imports and the prompt loading above
     # (seconds on a busy machine); Locust arms its --run-time timer right after this event, against that
     # stale clock, so without this every step ended that much early

@@ -102,7 +102,8 @@ def build_command(
     cmd += ["--host", host, "--records-dir", str(records_dir), "--workload", workload]
     if open_loop is not None:
         n = max(1, int(processes))
-        cmd += ["-u", str(n), "-r", str(n), *open_loop.args()]
+        # every process's schedule user at once (a low -r makes the master dispatch them a second apart)
+        cmd += ["-u", str(n), "-r", str(max(n, 100)), *open_loop.args()]
     else:
         cmd += ["-u", str(int(users)), "-r", f"{float(spawn_rate):g}"]
     if run_time_s is not None:
