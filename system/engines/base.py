@@ -38,12 +38,16 @@ class SimEngine(_EngineBase):
     seed: int | None = None  # default: experiment seed + expert index, so experts differ but reproducibly
     stream_interval: int | None = Field(default=None, ge=1)
     startup_timeout_s: float = Field(default=60.0, gt=0)
+    # a simulated GPU id (at most one): with the configuration's share_gpus, sim experts given the same id
+    # run in one sim process that time-slices one simulated GPU between them (docs/SIMULATOR.md)
+    gpus: list[int] = Field(default_factory=list, max_length=1)
+    memory_fraction: float | None = Field(default=None, gt=0, le=1)  # the engine's GPU memory share
 
 
 class _GpuEngine(_EngineBase):
     model: str  # HF id or local path
     gpus: list[int] = Field(default_factory=list)  # CUDA_VISIBLE_DEVICES; empty = inherit
-    # executable: a name on PATH, or an argv prefix (tests use [python, tests/integration/fake_vllm.py])
+    # executable: a name on PATH, or an argv prefix (tests use [python, -m, system.bench.fake_upstream])
     executable: str | list[str] = ""
     startup_timeout_s: float = Field(default=900.0, gt=0)  # weights loading + CUDA graph capture
     warmup_requests: int = Field(default=2, ge=0)

@@ -34,6 +34,7 @@ class PlannedServer:
     role: str  # "expert" | "gateway"
     port: int
     launch: LaunchSpec
+    hosted_by: str | None = None  # a co-located sim expert served by another expert's sim process
 
 
 def expert_seed(base_seed: int, index: int) -> int:
@@ -72,6 +73,7 @@ def plan_stack(
     for i, e in enumerate(conf.experts):
         launch = build_launch(e.engine, name=e.name, port=ports[i], host=host, seed=expert_seed(seed, i))
         out.append(PlannedServer(e.name, "expert", ports[i], launch))
+    colocate_sims(conf, out)
     if conf.uses_gateway and conf.gateway.external:
         gw = conf.gateway
         assert gw.url is not None
@@ -103,6 +105,24 @@ def plan_stack(
         )
         out.append(PlannedServer(GATEWAY_NAME, "gateway", port, launch))
     return out
+
+
+def colocate_sims(conf: Configuration, experts: list[PlannedServer]) -> None:
+    """With share_gpus, sim experts given the same simulated GPU run in one sim process (one shared GPU
+    clock): the first of each group hosts the others (`sim --colocate`), which get no process of their own."""
+    if not conf.share_gpus:
+        return
+    groups: dict[int, list[int]] = {}
+    for i, e in enumerate(conf.experts):
+        if e.engine.kind == "sim" and e.engine.gpus:
+            groups.setdefault(e.engine.gpus[0], []).append(i)
+    for idxs in groups.values():
+        host = experts[idxs[0]]
+        for j in idxs[1:]:
+            member, spec = experts[j], conf.experts[j].engine
+            frac = f":{spec.memory_fraction}" if spec.memory_fraction is not None else ""
+            host.launch.cmd += ["--colocate", f"{member.name}={spec.profile}@{member.port}{frac}"]
+            member.hosted_by = host.name
 
 
 def _healthy(url: str) -> bool:
@@ -267,7 +287,7 @@ class Stack:
             # N vLLM engines load their weights concurrently instead of one after another.
             waits = []
             for p in experts:
-                if p.launch.external:
+                if p.hosted_by is not None or p.launch.external:  # hosted: wait for its port below
                     continue
                 sp = engine_process(p.launch, name=p.name, log_dir=self.log_dir)
                 sp.health_url = None
@@ -276,6 +296,9 @@ class Stack:
                 self._record_servers()
                 sp.health_url = p.launch.health_url
                 waits.append((sp, p.launch.health_url, p.launch.startup_timeout_s))
+            for p in experts:
+                if p.hosted_by is not None:
+                    waits.append((self.procs[p.hosted_by], p.launch.health_url, p.launch.startup_timeout_s))
             wait_all_healthy(waits)
             self._probe_external([p for p in experts if p.launch.external])
             for p, e in zip(experts, self.conf.experts, strict=True):
@@ -344,6 +367,15 @@ class Stack:
 
     def pids(self) -> dict[str, int]:
         return {name: sp.pid for name, sp in self.procs.items() if sp.proc is not None}
+
+    def sim_gpu_urls(self) -> list[str]:
+        """One base URL per sim process (each simulates one GPU, shared by its co-located experts)."""
+        kinds = {e.name: e.engine.kind for e in self.conf.experts}
+        return [
+            p.launch.base_url
+            for p in self.planned
+            if p.role == "expert" and kinds.get(p.name) == "sim" and p.hosted_by is None
+        ]
 
     def gpus(self) -> list[int]:
         return sorted({g for p in self.planned for g in p.launch.gpus})
