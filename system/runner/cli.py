@@ -179,6 +179,12 @@ def run(
     if remote_workers:
         from system.runner.remote import RemoteLocust
 
+        if cfg.load.kind != "users":
+            raise click.ClickException(
+                "--remote-workers runs closed-loop (users) steps only; this experiment's load is "
+                f"{cfg.load.kind!r}"
+            )
+
         remote = RemoteLocust(
             remote_workers, master_port, bind_host=master_bind_host, echo=lambda s: click.echo(s, err=True)
         )
