@@ -219,7 +219,8 @@ def test_experiment_against_external_sims_gateway_and_dcgm(tmp_path: Path) -> No
         step = json.loads((step_dir / "step.json").read_text())
         assert step["status"] == "ok", step.get("message")
         df = read_records(record_files(step_dir / "records"))
-        assert len(df) > 0 and df["success"].all()
+        # requests still open when the step ended are recorded as "cut"; none may have failed
+        assert (df["outcome"] == "ok").sum() > 0 and set(df["outcome"]) <= {"ok", "cut"}
         # no expert process was launched here: no expert logs, externals listed without a pid
         logs = (
             {p.stem for p in (run / conf / "logs").glob("*.log")} if (run / conf / "logs").exists() else set()
