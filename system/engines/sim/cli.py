@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import resource
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,14 +15,8 @@ from system.engines.sim.colocate import DEFAULT_SWITCH_S, predict
 from system.engines.sim.profilefiles import ProfileFileError, resolve_profile
 from system.engines.sim.profiles import PROFILES, Profile, UnknownProfileError
 
-
-def _raise_nofile_limit() -> None:
-    # ~1,000 concurrent streams need ~1,000 sockets; the default soft limit is often 1,024
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 65536
-    if soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+if TYPE_CHECKING:
+    from system.edge import EdgeConfig
 
 
 @click.group(
@@ -74,6 +68,42 @@ def _raise_nofile_limit() -> None:
     help="Another engine in this process on the same simulated GPU (repeatable): co-located experts "
     "time-slice one GPU (docs/SIMULATOR.md).",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=8192,
+    help="Client connections at once; more get 503 + Retry-After (not /health, /metrics).",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Requests being served at once; more get 503 + Retry-After (default: no cap, requests queue).",
+)
+@click.option(
+    "--idle-timeout",
+    "idle_timeout_s",
+    type=click.FloatRange(min=0.01),
+    default=30.0,
+    help="Close connections idle this long (s).",
+)
+@click.option(
+    "--header-timeout",
+    "header_timeout_s",
+    type=click.FloatRange(min=0.01),
+    default=10.0,
+    help="Request head within this (s), else 408.",
+)
+@click.option(
+    "--body-timeout",
+    "body_timeout_s",
+    type=click.FloatRange(min=0.01),
+    default=30.0,
+    help="Request body within this after the head (s), else 408.",
+)
+@click.option(
+    "--max-header-bytes", type=click.IntRange(min=1024), default=32 * 1024, help="Larger request heads: 431."
+)
 @click.option("--list-profiles", is_flag=True, help="Print the profiles (with provenance) and exit.")
 @click.pass_context
 def sim(
@@ -93,6 +123,12 @@ def sim(
     max_lag_s: float,
     log_level: str,
     colocate: tuple[str, ...],
+    max_connections: int,
+    max_in_flight: int | None,
+    idle_timeout_s: float,
+    header_timeout_s: float,
+    body_timeout_s: float,
+    max_header_bytes: int,
     list_profiles: bool,
 ) -> None:
     """Run the continuous-batching vLLM simulator behind the OpenAI API (`sim predict`: offline)."""
@@ -136,7 +172,18 @@ def sim(
             f"co-located engines take {share:.2f} of the GPU's memory (> 1): give each a :MEMFRAC",
             param_hint="--colocate",
         )
-    _serve(instances, host, seed, stream_interval, max_lag_s, log_level)
+    from system.edge import EdgeConfig
+
+    edge = EdgeConfig(
+        max_connections=max_connections,
+        max_in_flight=max_in_flight,
+        idle_timeout_s=idle_timeout_s,
+        header_timeout_s=header_timeout_s,
+        body_timeout_s=body_timeout_s,
+        max_header_bytes=max_header_bytes,
+        fds_per_connection=1,  # no upstream connections
+    )
+    _serve(instances, host, seed, stream_interval, max_lag_s, log_level, edge)
 
 
 def _parse_colocate(spec: str, default_frac: float | None) -> tuple[Profile, str, int]:
@@ -163,6 +210,7 @@ def _serve(
     stream_interval: int,
     max_lag_s: float,
     log_level: str,
+    edge: EdgeConfig,
 ) -> None:
     """One uvicorn server per engine, all in this process' event loop, sharing one simulated GPU."""
     import asyncio
@@ -170,12 +218,14 @@ def _serve(
 
     import uvicorn
 
+    from system.edge import fit_to_fds, raise_nofile_limit, uvicorn_options
     from system.engines.sim.engine import SimEngine
     from system.engines.sim.server import SimApp
     from system.engines.sim.vgpu import VirtualGpu
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _raise_nofile_limit()
+    soft, _hard = raise_nofile_limit()  # ~1,000 concurrent streams need ~1,000 sockets
+    edge = fit_to_fds(edge, soft)
     gpu = VirtualGpu()
     servers = []
     for i, (prof, name, port) in enumerate(instances):
@@ -195,15 +245,14 @@ def _serve(
             host=host,
             port=port,
             loop="uvloop",
-            http="httptools",
             lifespan="on",
             access_log=False,
             log_level=log_level,
             backlog=4096,
-            timeout_keep_alive=30,
             timeout_graceful_shutdown=2,
             server_header=False,
             proxy_headers=False,  # loopback only; skips a middleware hop on every request
+            **uvicorn_options(edge),  # httptools protocol with the edge limits
         )
         servers.append(_Server(config) if len(instances) > 1 else uvicorn.Server(config))
     if len(servers) == 1:

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from system.engines.sim.api import ApiError, ParsedRequest, Responder, parse_request
+from system.engines.sim.api import ApiError, ParsedRequest, Responder, check_content_type, parse_request
 from system.engines.sim.engine import SimEngine
 from system.engines.sim.scheduler import SimRequest, State
 from system.engines.sim.textgen import TokenText, natural_output_len, resolve_output_len
@@ -104,12 +104,17 @@ class SimApp:
 
     # ---- generation --------------------------------------------------------------------------------------
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._generate("chat", receive, send)
+        await self._generate("chat", scope, receive, send)
 
     async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._generate("completion", receive, send)
+        await self._generate("completion", scope, receive, send)
 
-    async def _generate(self, kind: str, receive: Receive, send: Send) -> None:
+    async def _generate(self, kind: str, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            check_content_type(scope["headers"])
+        except ApiError as e:
+            await _respond(send, e.status, e.body())
+            return
         raw = await _read_body(receive, send)
         if raw is None:
             return
