@@ -81,9 +81,8 @@ def test_doc_tables_are_generated_from_the_committed_report(tmp_path: Path) -> N
     loso = rep["leave_one_step_out"]["summary"]["8b"]
     assert f"{loso['tok_per_s_mape_pct']:.1f} %" in tables["loso-summary"]
     doc = tmp_path / "d.md"
-    doc.write_text(
-        "a\n<!-- generated:noise (system/calibration/tables.py; do not edit by hand) -->\nold\n<!-- end -->\nb\n"
-    )
+    mark = "<!-- generated:noise (system/calibration/tables.py; do not edit by hand) -->"
+    doc.write_text(f"a\n{mark}\nold\n<!-- end -->\nb\n")
     splice(doc, {"noise": tables["noise"]})
     text = doc.read_text()
     assert "old" not in text and tables["noise"] in text and text.startswith("a\n") and text.endswith("b\n")
