@@ -75,7 +75,7 @@ def fit_tables(rep: dict[str, Any]) -> dict[str, str]:
         "loso-summary": summary_table(rep["leave_one_step_out"]["summary"]),
         "loso-rows": rows_table(rep["leave_one_step_out"]["rows"]),
         "loro-summary": summary_table(rep["leave_one_run_out"]["summary"])
-        + "\n\n1b-nograph: not estimable run-wise (the only no-graph run; only it identifies the launch cost).",
+        + "\n\n1b-nograph: not estimable run-wise (the only no-graph run identifies the launch cost).",
         "loro-rows": rows_table(rep["leave_one_run_out"]["rows"]),
         "cross-shape": cross,
         "noise": f"Run-to-run noise (A-1b vs B-1b, same set-up, two days): {noise}.",
