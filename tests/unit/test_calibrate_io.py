@@ -71,7 +71,7 @@ def test_calibrated_profiles_are_registered_with_provenance() -> None:
     assert round(PROFILES["transformers-cb-h100-llama-8b"].model.params / 1e7) == 724
     # every registered profile says what backs it
     assert all(
-        p.provenance.split(" ")[0] in ("datasheet-derived", "fitted", "validated") for p in PROFILES.values()
+        p.provenance.split(" ")[0] in ("datasheet-derived", "fitted", "validated", "synthetic") for p in PROFILES.values()
     )
 
 
