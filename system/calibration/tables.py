@@ -70,7 +70,11 @@ def fit_tables(rep: dict[str, Any]) -> dict[str, str]:
         for k, v in rep["cross_shape"].items()
     )
     noise = ", ".join(f"{k} {v:.1f} %" for k, v in rep["run_to_run_noise_pct"].items())
+    search = rep.get("token_budget_search", {})
+    budget_rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in search.items() if k != "what")
     return {
+        "budget-search": "| max_num_batched_tokens | least-squares cost (full data) |\n|---|---|\n"
+        + budget_rows,
         "fit-params": "| parameter | fitted value |\n|---|---|\n" + params,
         "loso-summary": summary_table(rep["leave_one_step_out"]["summary"]),
         "loso-rows": rows_table(rep["leave_one_step_out"]["rows"]),
