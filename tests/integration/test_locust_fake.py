@@ -26,7 +26,9 @@ def test_ttft_is_the_first_content_byte_not_the_headers(tmp_path: Path) -> None:
     df = df[df["outcome"] != "cut"]  # still streaming when the run ended
     assert len(df) >= 8
     assert df["success"].all()
-    assert (df["ttft_s"] >= 0.300).all()  # never the headers' or the role chunk's time
+    # never the headers' or the role chunk's time (~0); the fake's event-loop timer may fire up to ~1 ms
+    # before the due time (seen: 0.6 ms), hence the 2 ms allowance
+    assert (df["ttft_s"] >= 0.298).all(), df["ttft_s"].min()
     assert df["ttft_s"].median() < 0.330
     # against the server's own due time for the first token (same clock): a few ms at most
     err_ms = (df["start_ts"] + df["ttft_s"] - df["gt_first_token_ts"]) * 1000
