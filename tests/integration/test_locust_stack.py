@@ -54,7 +54,15 @@ def test_sim_killed_mid_run_records_failures(tmp_path: Path) -> None:
         killed_at: list[float] = []
 
         def kill_later() -> None:
-            time.sleep(4.5)
+            # once some requests have completed (records are flushed about every second), not after a fixed
+            # delay: Locust's start-up takes seconds on a busy machine
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                files = list((tmp_path / "records").glob("records-*.csv"))
+                if files and sum(f.read_text().count("\n") for f in files) > 3:
+                    break
+                time.sleep(0.2)
+            time.sleep(0.5)
             killed_at.append(time.time())
             sim.kill()
 
