@@ -85,8 +85,9 @@ class OpenLoopUser(StreamUserBase):
         late_s = self.settings.late_ms / 1000.0
         for due in self.schedule:
             wait = due - (time.perf_counter() - self.t0)
-            if wait > 0:
-                gevent.sleep(wait)
+            # an overdue arrival still yields once, so the requests spawned before it start sending now
+            # instead of after the whole overdue burst has been spawned
+            gevent.sleep(max(wait, 0.0))
             self.due += 1
             waited = False
             if self.slots is not None and not self.slots.acquire(blocking=False):
