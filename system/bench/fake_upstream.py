@@ -342,6 +342,7 @@ class _Conn(asyncio.Protocol):
         n, text = checked
         opts = req.get("stream_options")
         include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        include_usage = include_usage and not args.no_done_no_usage  # transformers serve ignores it
         model = req.get("model") if isinstance(req.get("model"), str) else up.model
         a = _Answer(self, n, chat, include_usage, count_tokens(text), model)
         up.running += 1
