@@ -150,6 +150,21 @@ class BreakerConfig(StrictModel):
     open_s: float = Field(default=5.0, gt=0, description="Seconds open before one trial request.")
 
 
+class ServerConfig(StrictModel):
+    """How the gateway process serves (docs/GATEWAY.md, "Server options"; measured in docs/PERFORMANCE.md)."""
+
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Processes sharing the port; each has its own classifier, health and breaker state.",
+    )
+    upstream_client: Literal["raw", "aiohttp"] = Field(
+        default="raw",
+        description="raw: httptools keep-alive pool writing chunks to the client; aiohttp: ClientSession.",
+    )
+    loop: Literal["uvloop", "asyncio"] = "uvloop"
+
+
 class GatewayConfig(StrictModel):
     """Top-level gateway YAML (see docs/GATEWAY.md)."""
 
@@ -162,6 +177,7 @@ class GatewayConfig(StrictModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 

@@ -142,10 +142,17 @@ class RelayResponse(Response):
         if self.cut is not None:
             self.cut()
 
-    def _payload(self, expert: ExpertState) -> BytesPayload:
-        return BytesPayload(
-            rewrite_model(self.raw, self.body_obj, expert.model), content_type="application/json"
-        )
+    async def _post(self, expert: ExpertState) -> Any:
+        """Send the request to `expert`; returns once its status line and headers are in."""
+        data = rewrite_model(self.raw, self.body_obj, expert.model)
+        url = expert.urls[self.path]
+        upstream = self.gw.upstream
+        if upstream is not None:  # server.upstream_client: raw (default)
+            return await upstream.post(url, data, self.fwd_headers)
+        session = self.gw.session
+        assert session is not None
+        payload = BytesPayload(data, content_type="application/json")
+        return await session.post(url, data=payload, headers=self.fwd_headers)
 
     async def _error(self, send: Send, status: int, message: str) -> None:
         self.status = status
@@ -169,8 +176,6 @@ class RelayResponse(Response):
 
     async def _run(self, send: Send) -> None:
         gw = self.gw
-        session = gw.session
-        assert session is not None
         metrics = gw.metrics
         expert = self.expert
         tried: set[str] = set()
@@ -187,9 +192,7 @@ class RelayResponse(Response):
             t_dispatch = time.perf_counter()
             self.last_io = self.gw.loop_time()
             try:
-                resp = await session.post(
-                    expert.urls[self.path], data=self._payload(expert), headers=self.fwd_headers
-                )
+                resp = await self._post(expert)
             except CONNECT_ERRORS as e:
                 expert.outstanding -= 1
                 expert.breaker.record_failure()
@@ -225,14 +228,33 @@ class RelayResponse(Response):
             else:
                 resp.close()  # cancelled or broken: drop the connection so the upstream stops work
 
+    async def _pipe(self, send: Send, resp: Any) -> bool:
+        """The stream's fast lane: the raw upstream client writes each upstream read straight to uvicorn's
+        transport for this connection (chunked framing as uvicorn's `send` would write it), from the socket
+        callback; no coroutine runs per chunk. Only when `send` is uvicorn's httptools cycle, which has
+        sent the headers with chunked encoding; False (nothing done) otherwise, and the caller loops."""
+        pipe = getattr(resp, "pipe", None)
+        cycle = getattr(send, "__self__", None)
+        if pipe is None or getattr(cycle, "chunked_encoding", None) is not True:
+            return False
+        transport, flow = cycle.transport, cycle.flow  # type: ignore[union-attr]
+        now = self.gw.loop_time
+
+        def write(data: bytes) -> None:
+            self.last_io = now()
+            # a client gone (or going) is not the expert's failure: drop the bytes, the watcher cancels us
+            if not cycle.disconnected and not transport.is_closing():  # type: ignore[union-attr]
+                transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+        await pipe(write, lambda: not flow.write_paused, flow.drain)
+        return True
+
     def _fallback(self, tried: set[str]) -> ExpertState | None:
         policy = self.gw.policy
         assert policy is not None
         return policy.fallback(self.gw.classifier, self.text, tried)
 
-    async def _relay(
-        self, send: Send, expert: ExpertState, resp: aiohttp.ClientResponse, t_dispatch: float
-    ) -> None:
+    async def _relay(self, send: Send, expert: ExpertState, resp: Any, t_dispatch: float) -> None:
         t_headers = time.perf_counter()
         status = resp.status
         if status >= 500:
@@ -267,15 +289,16 @@ class RelayResponse(Response):
         self.headers_sent = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
         self.gw.metrics.overhead.observe(overhead)
-        readany = resp.content.readany
-        now = self.gw.loop_time
         try:
-            while True:
-                chunk = await readany()
-                if not chunk:
-                    break
-                self.last_io = now()  # the whole per-chunk cost of timeout handling
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not await self._pipe(send, resp):
+                readany = resp.content.readany
+                now = self.gw.loop_time
+                while True:
+                    chunk = await readany()
+                    if not chunk:
+                        break
+                    self.last_io = now()  # the whole per-chunk cost of timeout handling
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except aiohttp.ClientError as e:
             # headers are out: tell the client in-band, then end the connection without the final
             # chunk so that no client can mistake the cut stream for a complete answer

@@ -102,12 +102,12 @@ def test_config_defaults_and_derived_values(tmp_path: Path) -> None:
             {
                 "name": "r",
                 "topology": "routed",
-                "experts": [{"name": "a", "engine": {"kind": "sim", "profile": "x"}}],
+                "experts": [{"name": "a", "engine": {"kind": "sim", "profile": "debug"}}],
             },
             {
                 "name": "s",
                 "topology": "single",
-                "experts": [{"name": "b", "engine": {"kind": "sim", "profile": "x"}}],
+                "experts": [{"name": "b", "engine": {"kind": "sim", "profile": "debug"}}],
             },
         ],
     )

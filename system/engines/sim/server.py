@@ -40,6 +40,7 @@ class SimApp:
             ("GET", "/v1/models"): self._models,
             ("GET", "/health"): self._health,
             ("GET", "/metrics"): self._metrics,
+            ("GET", "/sim/gpu"): self._sim_gpu,
             ("GET", "/version"): self._version,
         }
         self._paths = {p for _, p in self.routes}
@@ -91,6 +92,10 @@ class SimApp:
             "sim_profile": self.profile.name,
         }
         await _respond(send, 200, json.dumps({"object": "list", "data": [card]}).encode())
+
+    async def _sim_gpu(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The simulated GPU's counters (shared by co-located engines): telemetry's sim source."""
+        await _respond(send, 200, json.dumps(self.engine.gpu.snapshot()).encode())
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = self.engine.metrics.render()
