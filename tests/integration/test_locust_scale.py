@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from system.runner.locust import build_command, locustfile_path, run_locust
 from system.processes import free_port
 from system.records import read_records, record_files
+from system.runner.locust import build_command, locustfile_path, run_locust
 from tests.integration.fakes import fake_server, host_of
 
 
