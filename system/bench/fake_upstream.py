@@ -92,7 +92,7 @@ class _Answer:
         self.t0 = time.time()
         self.created = int(self.t0)
         up = conn.up
-        self.rid = f"fake-{up.total}"
+        self.rid = "fake-1"  # the same for every answer: two relays of one answer compare byte for byte
         self.due0 = conn.loop.time() + up.ttft_s  # loop time the first token is due
         self.handle: asyncio.TimerHandle | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -70,8 +71,15 @@ def test_every_third_party_import_is_declared() -> None:
     found: dict[str, str] = {}
     for folder in ("system", "analysis", "loadtests"):
         for path in (ROOT / folder).rglob("*.py"):
-            for m in re.finditer(r"^\s*(?:from|import) ([A-Za-z_][A-Za-z0-9_]*)", path.read_text(), re.M):
-                found.setdefault(m.group(1), str(path.relative_to(ROOT)))
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    found.setdefault(name.split(".")[0], str(path.relative_to(ROOT)))
     missing = {
         name: where
         for name, where in found.items()
