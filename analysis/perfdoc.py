@@ -274,12 +274,16 @@ def tokens_window(r: Results) -> str:
             f"{s['completed_rel_diff']:+.2%} |"
         )
     host = t.get("host") or {}
+    within = sum(1 for s in t["steps"] if abs(s["rel_diff"]) <= t["tolerance"])
     lines += [
         "",
+        f"{within} of {len(t['steps'])} steps within {t['tolerance']:.0%}. "
         f"Largest difference: windowed {t['max_abs_rel_diff']:.2%} (target ≤ {t['tolerance']:.0%}), "
         f"old completion count {t['max_abs_completed_rel_diff']:.2%}; {len(t['steps'])} steps of "
         f"`{t['experiment']}` on {host.get('cpu_model', '?')} ({host.get('cpu_count_logical', '?')} CPUs).",
     ]
+    if t.get("note"):
+        lines += ["", f"Run note: {t['note']}."]
     return "\n".join(lines)
 
 
