@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("analysis.cli:report", "Write the HTML + Markdown report of a run directory."),
     "compare": ("analysis.cli:compare", "A/B comparison of two runs with 95 % confidence intervals."),
     "bench": ("system.bench.cli:bench", "Benchmarks: sim, classifier, accuracy, gateway, soak."),
-    "calibrate": ("system.engines.sim.calibrate:calibrate", "Fit a sim profile to measured engine runs."),
+    "calibrate": ("system.calibration.calibrate:calibrate", "Fit a sim profile to measured engine runs."),
     "demo": ("system.demo:demo", "Quickstart: routed vs single on the simulator, then the report."),
 }
 

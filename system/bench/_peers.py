@@ -93,7 +93,16 @@ def start_sim(work: Path, port: int, name: str, profile: str, cores: str | None)
     ).start()
 
 
-def start_our_gateway(work: Path, upstreams: list[str], classifier: Path, cores: str | None) -> Target:
+def start_our_gateway(
+    work: Path,
+    upstreams: list[str],
+    classifier: Path,
+    cores: str | None,
+    name: str = "gateway",
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Target:
+    """Our gateway; `args`/`env` select a server option (`--workers 2`, `--upstream-client aiohttp`...)."""
     port = free_port()
     cfg = {
         "policy": {"kind": "cluster"},
@@ -101,7 +110,7 @@ def start_our_gateway(work: Path, upstreams: list[str], classifier: Path, cores:
         "experts": [{"name": f"e{i}", "url": u} for i, u in enumerate(upstreams)],
         "limits": {"max_in_flight": 100_000},
     }
-    path = work / "gateway.yaml"
+    path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [
         *_python("system.cli"),
@@ -112,14 +121,19 @@ def start_our_gateway(work: Path, upstreams: list[str], classifier: Path, cores:
         str(port),
         "--log-level",
         "warning",
+        *args,
     ]
-    proc = ServerProcess(
-        pinned(cmd, cores),
-        name="gateway",
-        health_url=f"http://127.0.0.1:{port}/health",
-        log_path=work / "gateway.log",
-    ).start()
-    return Target("gateway", [f"http://127.0.0.1:{port}/v1/chat/completions"], proc=proc)
+    try:
+        proc = ServerProcess(
+            pinned(cmd, cores),
+            name=name,
+            health_url=f"http://127.0.0.1:{port}/health",
+            log_path=work / f"{name}.log",
+            env=dict(os.environ, **(env or {})),
+        ).start()
+    except Exception as e:
+        return Target(name, [], error=f"{name} did not start: {e}"[:2000])
+    return Target(name, [f"http://127.0.0.1:{port}/v1/chat/completions"], proc=proc)
 
 
 def start_vllm_router(work: Path, upstreams: list[str], cores: str | None) -> Target:

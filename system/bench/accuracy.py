@@ -28,10 +28,10 @@ from typing import Any
 import click
 import numpy as np
 
-from system.bench._locust import run_locust
 from system.bench._out import local_out
 from system.bench._sims import sim_stack
 from system.records import read_records
+from system.runner.locust import run_locust
 
 DEFAULT_OUT = local_out("accuracy.json")
 
@@ -130,8 +130,8 @@ def run_step(target: str, users: int, seconds: float, processes: int, max_tokens
     stats.update(
         users=users,
         processes=processes,
-        requests=len(df),
-        errors=int((~df["success"]).sum()),
+        requests=int((df["outcome"] != "cut").sum()),  # `cut`: still streaming when the run ended
+        errors=int((df["outcome"] == "error").sum()),
         duplicate_request_ids=int(df["request_id"].duplicated().sum()),
         # Locust's own count; its master waits only 0.5 s for the workers' last stats report, so under
         # heavy load it can miss the final seconds - the records are the complete set

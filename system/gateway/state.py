@@ -18,6 +18,7 @@ from system.gateway.config import CLASSIFYING_POLICIES, GatewayConfig, PolicyCon
 from system.gateway.metrics import GatewayMetrics
 from system.gateway.policies import Classifier, Policy, build_policy
 from system.gateway.pool import ExpertPool, check_once, health_loop
+from system.gateway.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from system.gateway.relay import RelayResponse
@@ -48,7 +49,9 @@ class Gateway:
         self.classifier_path: Path | None = cfg.classifier
         self.policy_cfg: PolicyConfig = cfg.policy
         self.policy: Policy | None = None
+        # health checks; requests too when server.upstream_client is aiohttp
         self.session: aiohttp.ClientSession | None = None
+        self.upstream: UpstreamPool | None = None  # requests when upstream_client=raw
         self.in_flight = 0
         self.admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
         self._health_task: asyncio.Task[None] | None = None
@@ -65,7 +68,7 @@ class Gateway:
         connector = aiohttp.TCPConnector(
             limit=lim.upstream_connections,
             limit_per_host=0,
-            keepalive_timeout=30.0,
+            keepalive_timeout=lim.upstream_keepalive_s,
             ttl_dns_cache=None,  # experts are fixed addresses: resolve once
         )
         self.session = aiohttp.ClientSession(
@@ -77,6 +80,8 @@ class Gateway:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
             raise_for_status=False,
         )
+        if self.cfg.server.upstream_client == "raw":
+            self.upstream = UpstreamPool(lim.upstream_connections, lim.connect_timeout_s)
         # one synchronous round so experts that are down at start are known before the first request
         await check_once(self.session, self.pool, self.cfg.health)
         self._health_task = asyncio.create_task(health_loop(self.session, self.pool, self.cfg.health))
@@ -107,9 +112,13 @@ class Gateway:
                     await t
         if self.session is not None:
             await self.session.close()
+        if self.upstream is not None:
+            self.upstream.close()
 
     def connection_stats(self) -> dict[str, int]:
         """Upstream pool occupancy (aiohttp keeps no public counter): leak checks and the soak read this."""
+        if self.upstream is not None:
+            return self.upstream.stats()
         conn = self.session.connector if self.session is not None else None
         acquired = getattr(conn, "_acquired", ())
         idle = getattr(conn, "_conns", {})

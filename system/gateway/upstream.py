@@ -1,0 +1,373 @@
+"""Lean HTTP/1.1 upstream client for the relay: a keep-alive pool of asyncio protocols parsed by httptools.
+
+Why not aiohttp on the hot path: each streamed chunk there costs a parser callback, a StreamReader feed, a
+future completed, a task woken, `readany` and an ASGI `send` coroutine. Here the upstream socket's
+`data_received` writes the chunk straight to the client's transport (`UpstreamResponse.pipe`), one callback
+and one `write` per upstream read, several chunks of one read coalesced into one write. Errors are raised as
+aiohttp's exception classes so the relay's failure handling is the same for both clients:
+
+- `UpstreamConnectError` (a `ClientConnectorError`): the TCP connect failed; nothing reached the expert;
+- `aiohttp.ConnectionTimeoutError`: the connect timed out; nothing reached the expert;
+- `aiohttp.ServerDisconnectedError`: the connection closed after the request was written, before a status
+  line (the expert may have started the work);
+- `aiohttp.ClientPayloadError`: the connection broke, or sent bad HTTP, after the status line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import httptools
+
+IDLE_S = 30.0  # an idle keep-alive connection older than this is closed instead of reused
+
+
+class UpstreamConnectError(aiohttp.ClientConnectorError):
+    def __init__(self, host: str, port: int, os_error: OSError) -> None:
+        super().__init__(SimpleNamespace(host=host, port=port, ssl=False), os_error)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return f"cannot connect to {self.host}:{self.port} [{self.strerror or self.os_error!r}]"
+
+
+class _Headers(dict[str, str]):
+    """Response headers, names lower-cased (the relay only reads a few)."""
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return dict.get(self, name.lower(), default)
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection to an expert; carries one response at a time."""
+
+    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+        self.pool, self.key = pool, key
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.resp: UpstreamResponse | None = None
+        self.idle_since = 0.0
+        self.pending: list[bytes] | None = None  # body pieces of the data_received call in progress
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        r = self.resp
+        if r is None:  # bytes nobody asked for: the connection is not reusable
+            self.close()
+            return
+        self.pending = []
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            r.fail(aiohttp.ClientPayloadError(f"bad HTTP from upstream: {e}"))
+            self.close()
+        finally:
+            pending, self.pending = self.pending, None
+        if pending:
+            # every body piece of one read leaves in one write (the last events and the terminator of a
+            # stream usually arrive together)
+            r.body(pending[0] if len(pending) == 1 else b"".join(pending))
+        if r.complete:
+            r.finish()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.pool.forget(self)
+        r = self.resp
+        if r is not None and not r.complete:
+            if r.status and r.until_close:  # a body delimited by the connection's end
+                r.complete = True
+                r.finish()
+            elif r.status:
+                r.fail(aiohttp.ClientPayloadError(f"upstream closed the connection mid-response ({exc!r})"))
+            else:
+                r.fail(aiohttp.ServerDisconnectedError(f"upstream closed the connection ({exc!r})"))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.resp is not None
+        self.resp.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        r = self.resp
+        assert r is not None
+        r.status = self.parser.get_status_code()
+        r.keep_alive = self.parser.should_keep_alive()
+        h = r.headers
+        r.until_close = "content-length" not in h and "chunked" not in h.get("transfer-encoding", "")
+        r.wake()
+
+    def on_body(self, body: bytes) -> None:
+        assert self.pending is not None
+        self.pending.append(body)
+
+    def on_message_complete(self) -> None:
+        assert self.resp is not None
+        self.resp.complete = True
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UpstreamResponse:
+    """The answer on one connection: status and headers, then the body buffered or piped to the client."""
+
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
+        self.status = 0
+        self.headers = _Headers()
+        self.keep_alive = False
+        self.until_close = False
+        self.complete = False
+        self.exc: BaseException | None = None
+        self.buf: list[bytes] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.sink: Callable[[bytes], None] | None = None
+        self.returned = False
+        self.content = self  # aiohttp's `resp.content.readany()` spelling, for the generic relay loop
+
+    # called by the protocol
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None:
+            self.waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    def body(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink(data)
+        else:
+            self.buf.append(data)
+            self.wake()
+
+    def finish(self) -> None:
+        self.wake()
+
+    def fail(self, exc: BaseException) -> None:
+        if self.exc is None:
+            self.exc = exc
+        self.wake()
+
+    async def _wait(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self.waiter = fut
+        await fut
+
+    # used by the relay
+    async def headers_ready(self) -> None:
+        while not self.status:
+            if self.exc is not None:
+                raise self.exc
+            await self._wait()
+
+    async def readany(self) -> bytes:
+        while not self.buf:
+            if self.exc is not None:
+                raise self.exc
+            if self.complete:
+                return b""
+            await self._wait()
+        data = b"".join(self.buf) if len(self.buf) > 1 else self.buf[0]
+        self.buf.clear()
+        return data
+
+    async def read(self) -> bytes:
+        while not self.complete:
+            if self.exc is not None:
+                raise self.exc
+            await self._wait()
+        data = b"".join(self.buf)
+        self.buf.clear()
+        return data
+
+    async def pipe(self, write: Callable[[bytes], None], writable: Callable[[], bool], drain: Any) -> None:
+        """Relay the rest of the body through `write` (called from the socket callback, no task wake-up per
+        chunk). When `writable()` turns false, stop reading the expert until `await drain()` returns."""
+        if self.buf:
+            write(b"".join(self.buf))
+            self.buf.clear()
+
+        def sink(data: bytes) -> None:
+            write(data)
+            if not writable():
+                self.wake()  # let the coroutine below apply back-pressure
+
+        self.sink = sink
+        transport = self.conn.transport
+        assert transport is not None
+        try:
+            while True:
+                if self.exc is not None:
+                    raise self.exc
+                if self.complete:
+                    return
+                if not writable():
+                    transport.pause_reading()
+                    try:
+                        await drain()
+                    finally:
+                        if not self.conn.lost:
+                            transport.resume_reading()
+                    continue
+                await self._wait()
+        finally:
+            self.sink = None
+
+    def release(self) -> None:
+        """Body fully read: the connection goes back to the pool (or is closed if not reusable)."""
+        if self.returned:
+            return
+        self.returned = True
+        conn = self.conn
+        if self.complete and self.exc is None and self.keep_alive and not conn.lost:
+            conn.resp = None
+            self.conn.pool.put_back(conn)
+        else:
+            conn.close()
+            conn.pool.done_with(conn)
+
+    def close(self) -> None:
+        """Drop the connection (cancelled or broken): the expert sees the disconnect and stops work."""
+        if self.returned:
+            return
+        self.returned = True
+        self.conn.close()
+        self.conn.pool.done_with(self.conn)
+
+
+class UpstreamPool:
+    """Keep-alive connections per expert address, at most `limit` open at once (more requests wait)."""
+
+    def __init__(self, limit: int, connect_timeout_s: float) -> None:
+        self.limit, self.connect_timeout_s = limit, connect_timeout_s
+        self.idle: dict[tuple[str, int], list[_Conn]] = {}
+        self.in_use: set[_Conn] = set()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.targets: dict[str, tuple[tuple[str, int], bytes, bytes]] = {}
+
+    def _target(self, url: str) -> tuple[tuple[str, int], bytes, bytes]:
+        t = self.targets.get(url)
+        if t is None:
+            u = urlsplit(url)
+            if u.scheme != "http" or not u.hostname:
+                raise ValueError(f"the raw upstream client speaks plain http only, not {url!r}")
+            port = u.port or 80
+            t = ((u.hostname, port), (u.path or "/").encode(), u.netloc.encode())
+            self.targets[url] = t
+        return t
+
+    def open_count(self) -> int:
+        return len(self.in_use) + sum(len(v) for v in self.idle.values())
+
+    async def _acquire(self, key: tuple[str, int]) -> _Conn:
+        while True:
+            idle = self.idle.get(key)
+            now = time.monotonic()
+            while idle:
+                c = idle.pop()
+                if not c.lost and now - c.idle_since < IDLE_S:
+                    self.in_use.add(c)
+                    return c
+                c.close()
+            if self.open_count() < self.limit:
+                break
+            # at the limit: close an idle connection to another expert, else wait for one to be released
+            other = next((v for v in self.idle.values() if v), None)
+            if other:
+                other.pop().close()
+                continue
+            fut = asyncio.get_running_loop().create_future()
+            self.waiters.append(fut)
+            await fut
+        conn = _Conn(self, key)
+        self.in_use.add(conn)  # counts against the limit while connecting
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                await asyncio.get_running_loop().create_connection(lambda: conn, key[0], key[1])
+        except TimeoutError:
+            self.done_with(conn)
+            raise aiohttp.ConnectionTimeoutError(
+                f"connect to {key[0]}:{key[1]} timed out after {self.connect_timeout_s:g} s"
+            ) from None
+        except OSError as e:
+            self.done_with(conn)
+            raise UpstreamConnectError(key[0], key[1], e) from None
+        except BaseException:
+            self.done_with(conn)
+            conn.close()
+            raise
+        return conn
+
+    async def post(self, url: str, data: bytes, headers: dict[str, str]) -> UpstreamResponse:
+        """Send `data` as a JSON POST and return once the status line and headers have arrived."""
+        key, path, host = self._target(url)
+        conn = await self._acquire(key)
+        resp = UpstreamResponse(conn)
+        conn.resp = resp
+        head = [
+            b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            % (path, host, len(data))
+        ]
+        for k, v in headers.items():
+            if "\r" in v or "\n" in v:  # never let a client's header value split the upstream request
+                continue
+            head.append(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1", "replace")))
+        head.append(b"\r\n")
+        head.append(data)
+        assert conn.transport is not None
+        try:
+            conn.transport.write(b"".join(head))
+            await resp.headers_ready()
+        except BaseException:
+            resp.close()
+            raise
+        return resp
+
+    def put_back(self, conn: _Conn) -> None:
+        self.in_use.discard(conn)
+        conn.idle_since = time.monotonic()
+        self.idle.setdefault(conn.key, []).append(conn)
+        self._wake_one()
+
+    def done_with(self, conn: _Conn) -> None:
+        self.in_use.discard(conn)
+        self._wake_one()
+
+    def forget(self, conn: _Conn) -> None:
+        """A connection closed by either side: it is no longer idle (in-use ones are released by their
+        response)."""
+        idle = self.idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self.waiters:
+            w = self.waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
+
+    def stats(self) -> dict[str, int]:
+        return {"in_use": len(self.in_use), "idle": sum(len(v) for v in self.idle.values())}
+
+    def close(self) -> None:
+        for conns in self.idle.values():
+            for c in conns:
+                c.close()
+        self.idle.clear()
+        for c in list(self.in_use):
+            c.close()

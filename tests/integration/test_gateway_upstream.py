@@ -1,0 +1,197 @@
+"""The raw upstream client (`system.gateway.upstream`) against scripted loopback servers, and the
+gateway's two upstream clients relaying the same bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from system.gateway.upstream import UpstreamConnectError, UpstreamPool
+from system.processes import free_port
+from tests.integration.fakes import KeywordClassifier, gateway_in_process
+from tests.integration.test_gateway_fake import chat, make_cfg, shared  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.timeout(60)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(
+        next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1]
+    )
+    return head, await reader.readexactly(length)
+
+
+@contextlib.asynccontextmanager
+async def server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A scripted HTTP server on a free port; yields its URL and the list of accepted connections' ids."""
+    conns: list[int] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conns.append(id(writer))
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1/chat/completions", conns
+    finally:
+        srv.close()
+
+
+async def test_keep_alive_reuse_headers_and_whole_body() -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, body = await read_request(reader)
+            seen.append(head + body)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    pool = UpstreamPool(limit=10, connect_timeout_s=5)
+    async with server(handler) as (url, conns):
+        for _ in range(3):
+            r = await pool.post(url, b'{"a":1}', {"x-request-id": "abc", "evil": "a\r\nb: c"})
+            assert r.status == 200 and r.headers.get("Content-Type") == "application/json"
+            assert await r.read() == b"{}"
+            r.release()
+        assert len(conns) == 1  # one connection, reused
+        assert pool.stats() == {"in_use": 0, "idle": 1}
+    assert seen[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert b"x-request-id: abc\r\n" in seen[0] and b"evil" not in seen[0]  # no header injection
+    assert seen[0].endswith(b'\r\n\r\n{"a":1}')
+    pool.close()
+
+
+async def test_stream_is_piped_with_reads_coalesced_and_back_pressure() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(chunk(b"data: 2\n\n") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")  # one read
+        await writer.drain()
+        await reader.read()  # keep the connection open until the client closes it
+
+    pool = UpstreamPool(limit=10, connect_timeout_s=5)
+    writes: list[bytes] = []
+    writable = {"ok": False}
+    drained = asyncio.Event()
+
+    async def drain() -> None:
+        await drained.wait()
+
+    async with server(handler) as (url, _):
+        r = await pool.post(url, b"{}", {})
+        assert r.status == 200
+        task = asyncio.create_task(r.pipe(writes.append, lambda: writable["ok"], drain))
+        await asyncio.sleep(0.2)
+        assert writes == [b"data: 1\n\n"]  # the client is "full": the expert is no longer read
+        writable["ok"] = True
+        drained.set()
+        await asyncio.wait_for(task, 5)
+        assert writes == [b"data: 1\n\n", b"data: 2\n\ndata: [DONE]\n\n"]  # two chunks of one read: one write
+        r.release()
+        assert pool.stats() == {"in_use": 0, "idle": 1}
+    pool.close()
+
+
+@pytest.mark.parametrize(
+    ("script", "error"),
+    [
+        ("close_before_status", aiohttp.ServerDisconnectedError),
+        ("close_mid_body", aiohttp.ClientPayloadError),
+        ("bad_http", aiohttp.ClientPayloadError),
+    ],
+)
+async def test_failures_raise_aiohttp_classes(script: str, error: type[Exception]) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if script == "close_mid_body":
+            writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
+        elif script == "bad_http":
+            writer.write(STREAM_HEAD + b"zz\r\nnot a chunk\r\n")
+        await writer.drain()
+        writer.close()
+
+    pool = UpstreamPool(limit=10, connect_timeout_s=5)
+    async with server(handler) as (url, _):
+        with pytest.raises(error):
+            r = await pool.post(url, b"{}", {})
+            while await r.readany():
+                pass
+        r = None
+    assert pool.stats()["in_use"] == 0 or script != "close_before_status"
+    pool.close()
+
+
+async def test_connect_error_and_limit() -> None:
+    pool = UpstreamPool(limit=1, connect_timeout_s=5)
+    with pytest.raises(UpstreamConnectError, match="cannot connect"):
+        await pool.post(f"http://127.0.0.1:{free_port()}/v1/completions", b"{}", {})
+    assert pool.stats() == {"in_use": 0, "idle": 0}
+
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+
+    async with server(handler) as (url, conns):
+        first = asyncio.create_task(pool.post(url, b"{}", {}))
+        second = asyncio.create_task(pool.post(url, b"{}", {}))
+        await asyncio.sleep(0.2)
+        assert pool.stats()["in_use"] == 1 and len(conns) == 1  # the second request waits for the limit
+        release.set()
+        r1 = await asyncio.wait_for(first, 5)
+        await r1.read()
+        r1.release()
+        r2 = await asyncio.wait_for(second, 5)
+        await r2.read()
+        r2.release()
+        assert len(conns) == 1  # it got the first one's connection
+    pool.close()
+
+
+async def _stream_bytes(url: str) -> tuple[dict[str, Any], bytes]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(url + "/v1/chat/completions", json=chat("code", stream=True, max_tokens=4)) as r,
+    ):
+        return dict(r.headers), await r.read()
+
+
+async def test_both_upstream_clients_relay_the_same_stream(shared: list[int]) -> None:  # noqa: F811
+    out = {}
+    for client in ("raw", "aiohttp"):
+        cfg = make_cfg(shared, server={"upstream_client": client})
+        async with gateway_in_process(cfg, KeywordClassifier()) as url:
+            out[client] = await _stream_bytes(url)
+    (h_raw, b_raw), (h_aio, b_aio) = out["raw"], out["aiohttp"]
+    assert h_raw["x-router-expert"] == h_aio["x-router-expert"] == "e1"
+    assert b_raw.count(b"data: ") == b_aio.count(b"data: ") >= 5  # 4 tokens, final events, [DONE]
+    assert b_raw.endswith(b"data: [DONE]\n\n") and b_aio.endswith(b"data: [DONE]\n\n")
+    # same events apart from timing fields
+    strip = [line.split(b'"created"')[0] for line in b_raw.split(b"\n\n")[:4]]
+    assert strip == [line.split(b'"created"')[0] for line in b_aio.split(b"\n\n")[:4]]
