@@ -22,7 +22,6 @@ class SimGpuSampler(CsvSampler):
     The first sample of a GPU reports utilisation since that sim started (no interval yet)."""
 
     HEADER = SIM_GPU_HEADER
-    note = ""  # step.json gpu_note ("" = there is GPU data), read by system/runner/steps.py like NVML's
 
     def __init__(
         self, path: str | Path, base_urls: Sequence[str], interval_s: float = 1.0, timeout_s: float = 2.0
