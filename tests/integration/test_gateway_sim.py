@@ -172,7 +172,9 @@ def test_bad_bodies_get_clear_errors(stack: dict[str, Any]) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no-such-expert", messages=[{"role": "user", "content": "x"}])
     req = urllib.request.Request(
-        stack["url"] + "/v1/chat/completions", data=b'{"model": "auto", "messages": ['
+        stack["url"] + "/v1/chat/completions",
+        data=b'{"model": "auto", "messages": [',
+        headers={"content-type": "application/json"},
     )
     with pytest.raises(urllib.error.HTTPError) as http_err:
         urllib.request.urlopen(req, timeout=5)
