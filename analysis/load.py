@@ -13,13 +13,18 @@ import pandas as pd
 
 from system.records import FIELD_NAMES, RequestRecord, read_records, record_files
 
-KEYS = ["run_id", "config", "topology", "users", "rep"]
-STEP_GLOB = "*/users=*/rep=*"
-_USERS = re.compile(r"^users=(\d+)$")
+# `load_kind` ("users" closed loop | "rate" open loop, requests/s) and `load` (the number) identify a step's
+# load (contract 1, docs/CONTRACTS.md); `users` stays for closed-loop steps (NaN for rate steps)
+KEYS = ["run_id", "config", "topology", "users", "rep", "load_kind", "load"]
+STEP_GLOB = "*/*=*/rep=*"
+_LOAD_DIR = re.compile(r"^(users|rate)=([0-9.eE+-]+|inf)$")
 _REP = re.compile(r"^rep=(\d+)$")
 STEP_COLUMNS = [
     "experiment",
     *KEYS,
+    "sweep_phase",
+    "max_concurrency",
+    "burstiness",
     "status",
     "start_ts",
     "end_ts",
@@ -28,6 +33,7 @@ STEP_COLUMNS = [
     "window_end",
     "window_s",
     "step_dir",
+    "records_dir",
 ]
 
 
@@ -97,10 +103,16 @@ def _iter_steps(path: str | Path) -> Iterator[dict[str, Any]]:
     for run in find_run_dirs(path):
         configs = {c.parent.name: _read_json(c) for c in run.glob("*/config.json")}
         for d in sorted(run.glob(STEP_GLOB)):
-            mu, mr = _USERS.match(d.parent.name), _REP.match(d.name)
+            mu, mr = _LOAD_DIR.match(d.parent.name), _REP.match(d.name)
             if not (d.is_dir() and mu and mr):
                 continue
             info = _read_json(d / "step.json")
+            # old step.json files have no load_kind: closed loop, load = users
+            kind = str(info.get("load_kind") or mu.group(1))
+            load = info.get("load")
+            if load is None:
+                load = info.get("users") if kind == "users" and info.get("users") is not None else mu.group(2)
+            users = info.get("users", mu.group(2) if kind == "users" else None)
             config = str(info.get("config") or d.parent.parent.name)
             start = float(info.get("start_ts", float("nan")))
             end = float(info.get("end_ts", float("nan")))
@@ -110,8 +122,13 @@ def _iter_steps(path: str | Path) -> Iterator[dict[str, Any]]:
                 "run_id": run.name,
                 "config": config,
                 "topology": str(info.get("topology") or _topology(configs.get(config, {}))),
-                "users": int(info.get("users", mu.group(1))),
+                "users": float(users) if kind == "users" and users is not None else float("nan"),
                 "rep": int(info.get("rep", mr.group(1))),
+                "load_kind": kind,
+                "load": float(load),
+                "sweep_phase": info.get("sweep_phase"),
+                "max_concurrency": info.get("max_concurrency"),
+                "burstiness": info.get("burstiness"),
                 "status": str(info.get("status", "missing")),
                 "start_ts": start,
                 "end_ts": end,
@@ -120,6 +137,7 @@ def _iter_steps(path: str | Path) -> Iterator[dict[str, Any]]:
                 "window_end": end,
                 "window_s": end - (start + warmup),
                 "step_dir": str(d),
+                "records_dir": str(d / "records"),
             }
 
 
@@ -128,7 +146,8 @@ def load_steps(path: str | Path, complete_only: bool = True) -> pd.DataFrame:
     df = pd.DataFrame(list(_iter_steps(path)), columns=STEP_COLUMNS)
     if complete_only:
         df = df[df["status"] == "ok"]
-    return df.sort_values(["config", "users", "run_id", "rep"]).reset_index(drop=True)
+    df = df.astype({"users": "float64", "load": "float64"})
+    return df.sort_values(["config", "load_kind", "load", "run_id", "rep"]).reset_index(drop=True)
 
 
 def _with_keys(frame: pd.DataFrame, step: pd.Series, ts_col: str) -> pd.DataFrame:
@@ -139,7 +158,15 @@ def _with_keys(frame: pd.DataFrame, step: pd.Series, ts_col: str) -> pd.DataFram
     return frame
 
 
-_KEY_DTYPES = {"run_id": "object", "config": "object", "topology": "object", "users": "int64", "rep": "int64"}
+_KEY_DTYPES = {
+    "run_id": "object",
+    "config": "object",
+    "topology": "object",
+    "users": "float64",
+    "rep": "int64",
+    "load_kind": "object",
+    "load": "float64",
+}
 
 
 def _tidy(
@@ -169,10 +196,47 @@ def load_runs(
     steps = load_steps(path, complete_only) if steps is None else steps
     frames = []
     for _, step in steps.iterrows():
-        recs = read_records(record_files(Path(step["step_dir"]) / "records"))
+        rdir = step.get("records_dir") or str(Path(step["step_dir"]) / "records")
+        recs = normalize_records(read_records(record_files(rdir)))
         frames.append(_with_keys(recs, step, "end_ts"))
-    template = pd.DataFrame([{**asdict(RequestRecord()), "source_file": ""}])
+    template = normalize_records(pd.DataFrame([{**asdict(RequestRecord()), "source_file": ""}]))
     return _tidy(frames, [*FIELD_NAMES, "source_file"], template)
+
+
+def _json_list(v: Any) -> list[Any]:
+    if isinstance(v, list):
+        return v
+    if isinstance(v, str) and v.strip():
+        try:
+            out = json.loads(v)
+        except json.JSONDecodeError:
+            return []
+        return out if isinstance(out, list) else []
+    return []
+
+
+def normalize_records(df: pd.DataFrame) -> pd.DataFrame:
+    """Fill the contract-2 fields old record files lack: `outcome` (from `success`) and `chunk_tokens`.
+
+    `outcome` is "ok" | "error" | "cut"; a file without the column gets "ok"/"error" from `success`, and an
+    error text starting with "cut" (the runner's "cut: step ended") reads as "cut". `chunk_tokens` becomes a
+    list per row ([] when unknown: the analysis then spreads `output_tokens` evenly over the chunks).
+    """
+    df = df.copy()
+    success = df["success"].astype(bool) if "success" in df else pd.Series(False, index=df.index)
+    derived = success.map({True: "ok", False: "error"})
+    if "error" in df:
+        derived = derived.where(~df["error"].astype(str).str.startswith("cut"), "cut")
+    if "outcome" in df:
+        given = df["outcome"].astype(object).where(df["outcome"].notna(), "").astype(str).str.strip()
+        df["outcome"] = given.where(given.isin(["ok", "error", "cut"]), derived)
+    else:
+        df["outcome"] = derived
+    if "chunk_tokens" in df:
+        df["chunk_tokens"] = df["chunk_tokens"].map(_json_list)
+    else:
+        df["chunk_tokens"] = [[] for _ in range(len(df))]
+    return df
 
 
 def _load_csv(path: str | Path, name: str, complete_only: bool, steps: pd.DataFrame | None) -> pd.DataFrame:
@@ -230,12 +294,72 @@ class RunData:
         return sorted(self.steps["run_id"].unique())
 
 
-def load_all(path: str | Path, complete_only: bool = True) -> RunData:
-    """Load every table of a run/experiment dir; NoCompleteStepsError when nothing usable is there."""
+def is_records_dir(path: str | Path) -> bool:
+    """A plain Locust records dir: records-*.csv files (directly or in records/), no results-dir steps."""
     p = Path(path)
+    return p.is_dir() and not find_run_dirs(p) and bool(record_files(p))
+
+
+def records_dir_steps(path: str | Path) -> pd.DataFrame:
+    """One synthetic step for a plain records dir (e.g. `locust ... --records-dir DIR`).
+
+    Window: [first send + warm-up, last end]; warm-up = one median E2E of the successful requests (the
+    default the runner uses), users = distinct `user_id`s. Config = the dir's name, topology unknown ("").
+    """
+    p = Path(path)
+    recs = normalize_records(read_records(record_files(p)))
+    start = float(pd.to_numeric(recs["start_ts"], errors="coerce").min())
+    end = float(pd.to_numeric(recs["end_ts"], errors="coerce").max())
+    e2e = pd.to_numeric(recs.loc[recs["success"], "e2e_s"], errors="coerce").dropna()
+    warmup = float(e2e.median()) if len(e2e) else 0.0
+    users = int(recs.loc[recs["user_id"] >= 0, "user_id"].nunique()) if "user_id" in recs else 0
+    row = {
+        "experiment": p.parent.name,
+        "run_id": p.name,
+        "config": p.name,
+        "topology": "",
+        "users": float(users),
+        "rep": 0,
+        "load_kind": "users",
+        "load": float(users),
+        "sweep_phase": None,
+        "max_concurrency": None,
+        "burstiness": None,
+        "status": "ok",
+        "start_ts": start,
+        "end_ts": end,
+        "warmup_s": warmup,
+        "window_start": start + warmup,
+        "window_end": end,
+        "window_s": end - (start + warmup),
+        "step_dir": str(p),
+        "records_dir": str(p),
+    }
+    return pd.DataFrame([row], columns=STEP_COLUMNS)
+
+
+def load_all(path: str | Path, complete_only: bool = True) -> RunData:
+    """Load every table of a run/experiment dir; NoCompleteStepsError when nothing usable is there.
+
+    A plain Locust records dir (records-*.csv, no step.json) is read as one step (`records_dir_steps`).
+    """
+    p = Path(path)
+    if is_records_dir(p):
+        steps = records_dir_steps(p)
+        return RunData(
+            path=p,
+            steps=steps,
+            records=load_runs(p, steps=steps),
+            gpu=load_gpu(p, steps=steps),
+            metrics=load_metrics(p, steps=steps),
+            procs=load_procs(p, steps=steps),
+            manifest={},
+            configs={},
+        )
     if not find_run_dirs(p):
         raise NoCompleteStepsError(
-            f"{p}: not a results dir (no manifest.json, no <config>/users=N/rep=R steps)"
+            f"{p}: not a results dir (no manifest.json, no <config>/users=N|rate=R/rep=R steps, "
+            "no records-*.csv)"
         )
     steps = load_steps(p, complete_only)
     if steps.empty:

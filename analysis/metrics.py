@@ -1,9 +1,10 @@
-"""Per configuration × users summaries: throughput, latency percentiles, goodput, GPU, routing, harness error.
+"""Per configuration × load summaries: throughput, latency percentiles, goodput, GPU, routing, harness error.
 
 Definitions (docs/ANALYSIS.md): a request belongs to a step's measurement window when it *ended* inside
 [start_ts + warmup_s, end_ts]. Rates (throughput, goodput) are computed per repetition over that window and
 averaged over repetitions; distributions (percentiles) and proportions (error rate, expert shares) pool the
-window's requests of all repetitions.
+window's requests of all repetitions. `tok_per_s` instead counts the output tokens *generated* inside the
+window from per-chunk times (analysis.window), which is what the engine's own counter measures.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import KEYS, expert_names
+from analysis.window import tokens_in_window
 
 PERCENTILES = (50, 90, 99)
-GROUP = ["config", "topology", "users"]
+# a step's load: kind ("users" | "rate") and value; `users` rides along (NaN for rate steps)
+GROUP = ["config", "topology", "load_kind", "load"]
 # SLO keys we accept (the runner's SLOs model uses *_ms; *_s is accepted too) -> record column in seconds
 SLO_COLUMNS = {"ttft": "ttft_s", "tpot": "tpot_s", "e2e": "e2e_s"}
 
@@ -75,15 +78,18 @@ def meets_slos(df: pd.DataFrame, slos: Mapping[str, float]) -> pd.Series:
     return ok
 
 
-def _step_rates(win: pd.DataFrame, window_s: float, slos: Mapping[str, float]) -> dict[str, float]:
+def _step_rates(
+    win: pd.DataFrame, window_s: float, slos: Mapping[str, float], tokens_in_window: float = float("nan")
+) -> dict[str, float]:
     ok = win[win["success"]]
     if not window_s > 0:
         nan = float("nan")
-        return {"throughput_rps": nan, "output_tps": nan, "goodput_rps": nan}
+        return {"throughput_rps": nan, "output_tps": nan, "goodput_rps": nan, "tok_per_s": nan}
     return {
         "throughput_rps": len(ok) / window_s,
         "output_tps": float(ok["output_tokens"].clip(lower=0).sum()) / window_s,
         "goodput_rps": float(meets_slos(ok, slos).sum()) / window_s if slos else float("nan"),
+        "tok_per_s": tokens_in_window / window_s,
     }
 
 
@@ -136,20 +142,32 @@ def expert_balance(df: pd.DataFrame, configs: Mapping[str, Mapping[str, Any]] | 
 
     Experts named in config.json that received nothing appear with 0, so imbalance is not hidden.
     """
-    cols = [*GROUP, "expert", "requests", "share"]
+    cols = [*GROUP, "users", "expert", "requests", "share"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     win = df[df["in_window"]]
     rows = []
-    for (config, topology, users), g in win.groupby(GROUP, sort=True):
+    for (config, topology, kind, load), g in win.groupby(GROUP, sort=True):
         counts = g.loc[g["expert"] != "", "expert"].value_counts()
         names = expert_names(dict((configs or {}).get(config, {})))
         names += sorted(set(counts.index) - set(names))
         total = int(counts.sum())
+        users = _users_value(kind, load)
         for name in names:
             n = int(counts.get(name, 0))
-            rows.append([config, topology, int(users), name, n, n / total if total else float("nan")])
-    return pd.DataFrame(rows, columns=cols)
+            rows.append([config, topology, kind, load, users, name, n, n / total if total else float("nan")])
+    return _int_users(pd.DataFrame(rows, columns=cols))
+
+
+def _users_value(kind: str, load: float) -> float:
+    return float(load) if kind == "users" else float("nan")
+
+
+def _int_users(df: pd.DataFrame) -> pd.DataFrame:
+    """`users` as int when every row is a closed-loop step (old reports, plots and tests key on it)."""
+    if "users" in df and len(df) and df["users"].notna().all():
+        df["users"] = df["users"].astype("int64")
+    return df
 
 
 def _balance_stats(balance: pd.DataFrame) -> dict[str, float]:
@@ -165,12 +183,25 @@ def _balance_stats(balance: pd.DataFrame) -> dict[str, float]:
 
 
 def harness_error(df: pd.DataFrame) -> pd.DataFrame:
-    """Per request: measured minus ground truth, in ms (ttft_error_ms, e2e_error_ms); NaN without truth."""
+    """Per request, in ms, measured minus the engine's ground truth (NaN without truth):
+
+    - `send_to_arrival_ms` = gt_arrival_ts − start_ts: the *system path* (client send → engine arrival,
+      through the gateway when there is one);
+    - `ttft_error_ms` = (start_ts + ttft_s) − gt_first_token_ts: the *return share* (first token due at the
+      engine → first byte read by the client; includes the gateway's relay when behind the gateway);
+    - `harness_ttft_error_ms` = their sum = measured TTFT − the engine's own TTFT
+      (gt_first_token_ts − gt_arrival_ts);
+    - `e2e_error_ms` = (start_ts + e2e_s) − gt_last_token_ts (last token due → last byte read).
+    """
     first = df["start_ts"] + df["ttft_s"]
     last = df["start_ts"] + df["e2e_s"]
+    path = (df["gt_arrival_ts"] - df["start_ts"]) * 1000.0
+    ret = (first - df["gt_first_token_ts"]) * 1000.0
     return pd.DataFrame(
         {
-            "ttft_error_ms": (first - df["gt_first_token_ts"]) * 1000.0,
+            "send_to_arrival_ms": path,
+            "ttft_error_ms": ret,
+            "harness_ttft_error_ms": path + ret,
             "e2e_error_ms": (last - df["gt_last_token_ts"]) * 1000.0,
         },
         index=df.index,
@@ -179,22 +210,34 @@ def harness_error(df: pd.DataFrame) -> pd.DataFrame:
 
 def _group_stats(win: pd.DataFrame) -> dict[str, float]:
     ok = win[win["success"]]
-    out: dict[str, float] = {"requests": float(len(ok)), "failed": float((~win["success"]).sum())}
-    out["error_rate"] = out["failed"] / len(win) if len(win) else float("nan")
+    outcome = win["outcome"] if "outcome" in win else win["success"].map({True: "ok", False: "error"})
+    cut = int((outcome == "cut").sum())
+    out: dict[str, float] = {"requests": float(len(ok)), "failed": float((outcome == "error").sum())}
+    out["cut"] = float(cut)
+    # a cut request was not refused, it was still running when the step ended: not an error
+    done = len(win) - cut
+    out["error_rate"] = out["failed"] / done if done else float("nan")
+    out["cut_share"] = cut / len(win) if len(win) else float("nan")
     out.update(latency_stats(ok["ttft_s"], "ttft"))
     out.update(latency_stats(ok["tpot_s"], "tpot"))
-    # vLLM bench pools every inter-token gap of every request before taking percentiles
-    itl = np.concatenate([np.asarray(v, dtype=float) for v in ok["itl_s"]]) if len(ok) else np.array([])
-    out.update(latency_stats(itl, "itl"))
+    # every gap between successive content chunks of every request, pooled (vLLM bench's "ITL"); named
+    # chunk_gap because peers (GuideLLM, AIPerf) call the per-request TPOT "ITL"
+    gaps = np.concatenate([np.asarray(v, dtype=float) for v in ok["itl_s"]]) if len(ok) else np.array([])
+    out.update(latency_stats(gaps, "chunk_gap"))
     out.update(latency_stats(ok["e2e_s"], "e2e"))
     over = pd.to_numeric(ok["gateway_overhead_ms"], errors="coerce")
     out["gateway_overhead_p50_ms"] = percentile(over, 50)
     out["gateway_overhead_p99_ms"] = percentile(over, 99)
     err = harness_error(ok)
-    for col in ("ttft_error_ms", "e2e_error_ms"):
+    for col in ("ttft_error_ms", "e2e_error_ms", "send_to_arrival_ms", "harness_ttft_error_ms"):
         name = col.removesuffix("_ms")
         out[f"{name}_p50_ms"] = percentile(err[col], 50)
         out[f"{name}_p99_ms"] = percentile(err[col], 99)
+    for col in ("client_cpu_percent", "client_loop_lag_ms"):
+        vals = pd.to_numeric(win[col], errors="coerce") if col in win else pd.Series(dtype=float)
+        out[f"{col.removesuffix('_ms').removesuffix('_percent')}_max"] = (
+            float(vals.max()) if vals.notna().any() else float("nan")
+        )
     return out
 
 
@@ -207,7 +250,7 @@ def summarize(
     metrics: pd.DataFrame | None = None,
     configs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
-    """One row per (config, topology, users): the columns listed in docs/ANALYSIS.md.
+    """One row per (config, topology, load_kind, load): the columns listed in docs/ANALYSIS.md.
 
     `df` comes from load_runs (needs `in_window`), `steps` from load_steps. `slos` may be raw (ttft_ms ...) or
     normalised ({"ttft": seconds}, see normalize_slos); without SLOs goodput is NaN.
@@ -217,34 +260,51 @@ def summarize(
     metrics = metrics if metrics is not None else pd.DataFrame(columns=[*KEYS, "in_window"])
     balance = expert_balance(df, configs)
     rows = []
-    for (config, topology, users), st in steps.groupby(GROUP, sort=True):
+    for (config, topology, kind, load), st in steps.groupby(GROUP, sort=True):
         per_rep = []
         for _, step in st.iterrows():
-            sel = (df["run_id"] == step["run_id"]) & (df["config"] == config) & (df["users"] == users)
-            rep_df = df[sel & (df["rep"] == step["rep"]) & df["in_window"]]
-            rates = _step_rates(rep_df, float(step["window_s"]), slo)
-            gsel = (gpu["run_id"] == step["run_id"]) & (gpu["config"] == config) & (gpu["users"] == users)
-            rates.update(_gpu_stats(gpu[gsel & (gpu["rep"] == step["rep"])]))
-            msel = (
-                (metrics["run_id"] == step["run_id"])
-                & (metrics["config"] == config)
-                & (metrics["users"] == users)
-            )
-            rates.update(_engine_stats(metrics[msel & (metrics["rep"] == step["rep"])]))
+            rep_all = df[_step_mask(df, step)]
+            rep_df = rep_all[rep_all["in_window"]]
+            toks = tokens_in_window(rep_all, float(step["window_start"]), float(step["window_end"]))
+            rates = _step_rates(rep_df, float(step["window_s"]), slo, toks)
+            rates.update(_gpu_stats(gpu[_step_mask(gpu, step)]))
+            rates.update(_engine_stats(metrics[_step_mask(metrics, step)]))
             per_rep.append(rates)
         reps = pd.DataFrame(per_rep)
-        row: dict[str, Any] = {"config": config, "topology": topology, "users": int(users), "reps": len(st)}
+        row: dict[str, Any] = {
+            "config": config,
+            "topology": topology,
+            "load_kind": kind,
+            "load": float(load),
+            "users": _users_value(kind, load),
+            "reps": len(st),
+        }
+        phases = [p for p in st["sweep_phase"].dropna().unique()] if "sweep_phase" in st else []
+        row["sweep_phase"] = ",".join(map(str, phases)) if phases else None
         row["window_s"] = float(st["window_s"].mean())
         for col in reps.columns:
             row[col] = float(reps[col].mean())
-        row["throughput_rps_std"] = float(reps["throughput_rps"].std(ddof=1)) if len(reps) > 1 else 0.0
-        row["output_tps_std"] = float(reps["output_tps"].std(ddof=1)) if len(reps) > 1 else 0.0
-        keys = st[["run_id", "rep"]].itertuples(index=False)
+        for col in ("throughput_rps", "output_tps", "tok_per_s"):
+            row[f"{col}_std"] = float(reps[col].std(ddof=1)) if len(reps) > 1 else 0.0
         mask = pd.Series(False, index=df.index)
-        for run_id, rep in keys:
-            mask |= (df["run_id"] == run_id) & (df["rep"] == rep)
-        win = df[mask & (df["config"] == config) & (df["users"] == users) & df["in_window"]]
+        for _, step in st.iterrows():
+            mask |= _step_mask(df, step)
+        win = df[mask & df["in_window"]]
         row.update(_group_stats(win))
-        row.update(_balance_stats(balance[(balance["config"] == config) & (balance["users"] == users)]))
+        bsel = (balance["config"] == config) & (balance["load_kind"] == kind) & (balance["load"] == load)
+        row.update(_balance_stats(balance[bsel]))
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _int_users(pd.DataFrame(rows))
+
+
+def _step_mask(frame: pd.DataFrame, step: pd.Series) -> pd.Series:
+    """Rows of `frame` (records or telemetry, keyed by analysis.load.KEYS) belonging to one step."""
+    if frame.empty:
+        return pd.Series(False, index=frame.index, dtype=bool)
+    return (
+        (frame["run_id"] == step["run_id"])
+        & (frame["config"] == step["config"])
+        & (frame["load_kind"] == step["load_kind"])
+        & (frame["load"] == step["load"])
+        & (frame["rep"] == step["rep"])
+    )

@@ -14,10 +14,11 @@ from typing import Any
 import jinja2
 import pandas as pd
 
-from analysis.compare import compare, crossover, findings, pairs
-from analysis.load import RunData, load_all, load_steps
-from analysis.metrics import expert_balance, slos_from_manifest, summarize
+from analysis.load import RunData, is_records_dir, load_steps
+from analysis.metrics import expert_balance
 from analysis.plots import plot_all
+from analysis.summary import Verdict, analyze_verdict, flagged_steps, write_summary
+from analysis.why import classifier_cards, engine_table, expert_table
 
 FILES_DIR = "report_files"  # figures (PNG + SVG) next to report.md
 Fmt = Callable[[Any], str]
@@ -36,41 +37,83 @@ def _f(spec: str) -> Fmt:
 
 TEXT: Fmt = str
 YES_NO: Fmt = lambda v: "yes" if bool(v) else "no"  # noqa: E731
+
+
+def _ci_text(lo: Any, hi: Any, spec: str = "{:,.1f}") -> str:
+    if lo is None or hi is None or (isinstance(lo, float) and not math.isfinite(lo)):
+        return "–"
+    return f"[{spec.format(lo)}, {spec.format(hi)}]"
+
+
 COMPARISON_COLUMNS: list[tuple[str, str, Fmt]] = [
-    ("users", "Users", _f("{:,}")),
-    ("routed", "Routed", TEXT),
-    ("single", "Single", TEXT),
-    ("throughput_x", "Req/s ×", _f("{:.2f}")),
-    ("output_tps_x", "Tok/s ×", _f("{:.2f}")),
-    ("goodput_x", "Goodput ×", _f("{:.2f}")),
-    ("ttft_p50_x", "TTFT p50 ×", _f("{:.2f}")),
-    ("ttft_p99_x", "TTFT p99 ×", _f("{:.2f}")),
-    ("e2e_p50_x", "E2E p50 ×", _f("{:.2f}")),
-    ("e2e_p99_x", "E2E p99 ×", _f("{:.2f}")),
-    ("routed_wins", "Routed wins", YES_NO),
+    ("load", "Load", _f("{:g}")),
+    ("a", "A", TEXT),
+    ("b", "B", TEXT),
+    ("tok_a", "Tok/s A", _f("{:,.1f}")),
+    ("tok_b", "Tok/s B", _f("{:,.1f}")),
+    ("tok_diff_ci", "Δ tok/s 95 % CI", TEXT),
+    ("tok_verdict", "Tok/s", TEXT),
+    ("good_a", "Goodput A", _f("{:.2f}")),
+    ("good_b", "Goodput B", _f("{:.2f}")),
+    ("good_verdict", "Goodput", TEXT),
+    ("ttft99_a", "TTFT p99 A", _f("{:,.0f}")),
+    ("ttft99_b", "TTFT p99 B", _f("{:,.0f}")),
+    ("ttft99_diff_ci", "Δ TTFT p99 CI", TEXT),
+    ("ttft99_verdict", "TTFT p99", TEXT),
+    ("tpot_a", "TPOT p50 A", _f("{:.1f}")),
+    ("tpot_b", "TPOT p50 B", _f("{:.1f}")),
+    ("tpot_verdict", "TPOT p50", TEXT),
+    ("e2e_a", "E2E p50 A", _f("{:,.0f}")),
+    ("e2e_b", "E2E p50 B", _f("{:,.0f}")),
+    ("e2e_verdict", "E2E p50", TEXT),
 ]
 SUMMARY_COLUMNS: list[tuple[str, str, Fmt]] = [
     ("config", "Config", TEXT),
-    ("users", "Users", _f("{:,}")),
+    ("load_text", "Load", TEXT),
     ("reps", "Reps", _f("{}")),
     ("requests", "OK req", _f("{:,.0f}")),
+    ("cut", "Cut", _f("{:,.0f}")),
     ("throughput_rps", "Req/s", _f("{:.2f}")),
-    ("output_tps", "Tok/s", _f("{:,.1f}")),
+    ("tok_per_s", "Tok/s", _f("{:,.1f}")),
+    ("tok_ci", "Tok/s 95 % CI", TEXT),
     ("goodput_rps", "Goodput req/s", _f("{:.2f}")),
+    ("goodput_ci", "Goodput 95 % CI", TEXT),
     ("error_rate", "Errors", _f("{:.1%}")),
     ("ttft_p50_ms", "TTFT p50", _f("{:,.0f}")),
-    ("ttft_p90_ms", "TTFT p90", _f("{:,.0f}")),
     ("ttft_p99_ms", "TTFT p99", _f("{:,.0f}")),
+    ("ttft99_ci", "TTFT p99 95 % CI", TEXT),
     ("tpot_p50_ms", "TPOT p50", _f("{:.1f}")),
-    ("tpot_p99_ms", "TPOT p99", _f("{:.1f}")),
-    ("itl_p50_ms", "ITL p50", _f("{:.1f}")),
-    ("itl_p99_ms", "ITL p99", _f("{:.1f}")),
+    ("chunk_gap_p50_ms", "Chunk gap p50", _f("{:.1f}")),
     ("e2e_p50_ms", "E2E p50", _f("{:,.0f}")),
     ("e2e_p99_ms", "E2E p99", _f("{:,.0f}")),
+    ("flags_text", "Flags", TEXT),
+]
+ENGINE_COLUMNS: list[tuple[str, str, Fmt]] = [
+    ("config", "Config", TEXT),
+    ("load_text", "Load", TEXT),
+    ("engines", "Engines", _f("{:.0f}")),
+    ("running_per_engine", "Running / engine", _f("{:.1f}")),
+    ("waiting_per_engine", "Waiting / engine", _f("{:.1f}")),
+    ("kv_cache_usage", "KV cache use", _f("{:.1%}")),
+    ("tpot_p50_ms", "TPOT p50 ms", _f("{:.1f}")),
+    ("gpu_util_pct", "GPU util %", _f("{:.0f}")),
+    ("tok_per_s", "Tok/s", _f("{:,.1f}")),
+]
+EXPERT_COLUMNS: list[tuple[str, str, Fmt]] = [
+    ("config", "Config", TEXT),
+    ("load_text", "Load", TEXT),
+    ("expert", "Expert", TEXT),
+    ("requests", "Requests", _f("{:,}")),
+    ("share", "Share", _f("{:.1%}")),
+    ("clusters", "Clusters", TEXT),
+    ("train_share", "Clusters' share of training prompts", _f("{:.1%}")),
+    ("ttft_p50_ms", "TTFT p50 ms", _f("{:,.0f}")),
+    ("tpot_p50_ms", "TPOT p50 ms", _f("{:.1f}")),
+    ("e2e_p50_ms", "E2E p50 ms", _f("{:,.0f}")),
 ]
 INFRA_COLUMNS: list[tuple[str, str, Fmt]] = [
     ("config", "Config", TEXT),
-    ("users", "Users", _f("{:,}")),
+    ("load_text", "Load", TEXT),
     ("gpu_count", "GPUs", _f("{:.0f}")),
     ("gpu_util_pct", "GPU util %", _f("{:.0f}")),
     ("gpu_mem_used_gib", "GPU mem GiB", _f("{:.1f}")),
@@ -82,22 +125,28 @@ INFRA_COLUMNS: list[tuple[str, str, Fmt]] = [
     ("expert_cv", "Expert CV", _f("{:.2f}")),
     ("gateway_overhead_p50_ms", "Gateway p50 ms", _f("{:.2f}")),
     ("gateway_overhead_p99_ms", "Gateway p99 ms", _f("{:.2f}")),
-    ("ttft_error_p50_ms", "Harness TTFT err p50 ms", _f("{:.2f}")),
-    ("ttft_error_p99_ms", "Harness TTFT err p99 ms", _f("{:.2f}")),
+    ("send_to_arrival_p50_ms", "Send → arrival p50 ms", _f("{:.2f}")),
+    ("send_to_arrival_p99_ms", "Send → arrival p99 ms", _f("{:.2f}")),
+    ("ttft_error_p50_ms", "Return share p50 ms", _f("{:.2f}")),
+    ("ttft_error_p99_ms", "Return share p99 ms", _f("{:.2f}")),
+    ("harness_ttft_error_p99_ms", "Harness TTFT err p99 ms", _f("{:.2f}")),
+    ("client_loop_lag_max", "Client loop lag max ms", _f("{:.0f}")),
+    ("starved_share", "Starved share", _f("{:.0%}")),
 ]
 BALANCE_COLUMNS: list[tuple[str, str, Fmt]] = [
     ("config", "Config", TEXT),
-    ("users", "Users", _f("{:,}")),
+    ("load", "Load", _f("{:g}")),
     ("expert", "Expert", TEXT),
     ("requests", "Requests", _f("{:,}")),
     ("share", "Share", _f("{:.1%}")),
 ]
 CAPTIONS = {
-    "throughput_vs_users": "Request throughput (solid; dashed: goodput) and output-token throughput.",
+    "throughput_vs_users": "Request throughput (solid; dashed: goodput with its 95 % CI) and output tokens "
+    "generated in the window (95 % CI).",
     "ttft_vs_users": "Time to first token: p50 line, p50–p99 band, p99 markers.",
     "e2e_vs_users": "End-to-end latency: p50 line, p50–p99 band, p99 markers.",
     "tpot_vs_users": "Time per output token (first token excluded): p50 line, p50–p99 band, p99 markers.",
-    "gpu_timeline": "GPU utilisation and memory over the run (NVML).",
+    "gpu_timeline": "GPU utilisation and memory over the run (gpu.csv: NVML, DCGM or the simulator).",
     "requests_per_expert": "Share of requests per expert for each user count (routing balance).",
     "latency_cdf": "Latency CDFs of successful requests in the measurement window.",
 }
@@ -170,60 +219,151 @@ class Analysis:
     slos: dict[str, float]
     summary: pd.DataFrame
     balance: pd.DataFrame
-    comparison: pd.DataFrame
-    crossovers: dict[tuple[str, str], int | str]
+    verdict: Verdict
     findings: list[str]
 
 
 def analyze(path: str | Path) -> Analysis:
-    """Load a run/experiment dir and compute the summary, comparison, crossovers and findings."""
-    data = load_all(path)
-    slos = slos_from_manifest(data.manifest)
-    summary = summarize(
-        data.records, data.steps, slos, gpu=data.gpu, metrics=data.metrics, configs=data.configs
-    )
-    balance = expert_balance(data.records, data.configs)
-    cmp = compare(summary)
-    xs = {
-        (r, s): crossover(cmp, r, s)
-        for r, s in pairs(summary)
-        if ((cmp["routed"] == r) & (cmp["single"] == s)).any()
-    }
-    return Analysis(data, slos, summary, balance, cmp, xs, findings(summary, cmp))
+    """Load a run/experiment/records dir and compute the summary, verdict and "why" sentences."""
+    v = analyze_verdict(path)
+    balance = expert_balance(v.data.records, v.data.configs)
+    return Analysis(v.data, v.slos, v.summary, balance, v, v.sentences)
 
 
-def _crossover_text(xs: dict[tuple[str, str], int | str]) -> list[str]:
-    return [
-        f"{r} vs {s}: "
-        + (f"routed wins from {x} users on." if x != "never" else "routed never wins at the top load.")
-        for (r, s), x in xs.items()
-    ]
+def _load_text(kind: str, load: float) -> str:
+    if kind == "users":
+        return f"{load:g} user" if load == 1 else f"{load:g} users"
+    return f"{load:g} req/s"
+
+
+def _verdict_word(r: dict[str, Any] | None, a: str, b: str) -> str:
+    if r is None:
+        return "–"
+    if r["verdict"] == "a wins":
+        return a
+    if r["verdict"] == "b wins":
+        return b
+    return "flagged" if r["verdict"] == "flagged" else "not distinguishable"
+
+
+def comparison_frame(v: Verdict) -> pd.DataFrame:
+    """One row per pair × load: both arms' headline figures, the difference CIs and who wins (or not)."""
+    rows = []
+    for (a, b, kind), cmp in v.comparisons.items():
+        for load, g in cmp.groupby("load", sort=True):
+            by = {r["metric"]: r for r in g.to_dict("records")}
+
+            def get(m: str, by: dict[str, dict[str, Any]] = by) -> dict[str, Any] | None:
+                return by.get(m)
+
+            tok, good, t99 = get("tok_per_s"), get("goodput_rps"), get("ttft_p99_ms")
+            tpot, e2e = get("tpot_p50_ms"), get("e2e_p50_ms")
+            rows.append(
+                {
+                    "load": load,
+                    "load_kind": kind,
+                    "a": a,
+                    "b": b,
+                    "tok_a": tok["value_a"] if tok else math.nan,
+                    "tok_b": tok["value_b"] if tok else math.nan,
+                    "tok_diff_ci": _ci_text(tok["diff_ci95_lo"], tok["diff_ci95_hi"]) if tok else "–",
+                    "tok_verdict": _verdict_word(tok, a, b),
+                    "good_a": good["value_a"] if good else math.nan,
+                    "good_b": good["value_b"] if good else math.nan,
+                    "good_verdict": _verdict_word(good, a, b),
+                    "ttft99_a": t99["value_a"] if t99 else math.nan,
+                    "ttft99_b": t99["value_b"] if t99 else math.nan,
+                    "ttft99_diff_ci": _ci_text(t99["diff_ci95_lo"], t99["diff_ci95_hi"], "{:,.0f}")
+                    if t99
+                    else "–",
+                    "ttft99_verdict": _verdict_word(t99, a, b),
+                    "tpot_a": tpot["value_a"] if tpot else math.nan,
+                    "tpot_b": tpot["value_b"] if tpot else math.nan,
+                    "tpot_verdict": _verdict_word(tpot, a, b),
+                    "e2e_a": e2e["value_a"] if e2e else math.nan,
+                    "e2e_b": e2e["value_b"] if e2e else math.nan,
+                    "e2e_verdict": _verdict_word(e2e, a, b),
+                    "a_wins": bool(tok and tok["verdict"] == "a wins"),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _with_text(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    if len(df) and "load_kind" in df:
+        df["load_text"] = [_load_text(k, x) for k, x in zip(df["load_kind"], df["load"], strict=True)]
+    if "flags" in df:
+        df["flags_text"] = [", ".join(f) if f else "ok" for f in df["flags"]]
+    if "tok_per_s_ci95_lo" in df:
+        df["tok_ci"] = [
+            _ci_text(lo, hi) for lo, hi in zip(df["tok_per_s_ci95_lo"], df["tok_per_s_ci95_hi"], strict=True)
+        ]
+        df["goodput_ci"] = [
+            _ci_text(lo, hi, "{:.2f}")
+            for lo, hi in zip(df["goodput_rps_ci95_lo"], df["goodput_rps_ci95_hi"], strict=True)
+        ]
+        df["ttft99_ci"] = [
+            _ci_text(lo, hi, "{:,.0f}")
+            for lo, hi in zip(df["ttft_p99_ms_ci95_lo"], df["ttft_p99_ms_ci95_hi"], strict=True)
+        ]
+    return df
+
+
+def _saturation_text(v: Verdict) -> list[str]:
+    out = []
+    for config, sat in v.saturation.items():
+        if sat is None:
+            out.append(f"{config}: not saturated in the loads measured.")
+        else:
+            out.append(
+                f"{config}: saturates at {_load_text(v.load_kind, sat['load'])} ({sat['reason']}); best "
+                f"{sat['tok_per_s']:,.1f} tok/s {_ci_text(*sat['tok_per_s_ci95'])} at "
+                f"{_load_text(v.load_kind, sat['tok_per_s_load'])}."
+            )
+    return out
 
 
 def _notes(a: Analysis) -> list[str]:
     notes = []
-    incomplete = len(load_steps(a.data.path, complete_only=False)) - len(a.data.steps)
-    if incomplete:
-        notes.append(f"{incomplete} incomplete step(s) (step.json status not 'ok') were left out.")
+    if not is_records_dir(a.data.path):
+        incomplete = len(load_steps(a.data.path, complete_only=False)) - len(a.data.steps)
+        if incomplete:
+            notes.append(f"{incomplete} incomplete step(s) (step.json status not 'ok') were left out.")
     if a.data.gpu.empty:
-        notes.append("No GPU data: the experiment ran without NVML (e.g. on the simulator without a GPU).")
+        notes.append("No GPU data: gpu.csv is empty (no NVML, DCGM or simulated GPU telemetry).")
+    flagged = flagged_steps(a.verdict)
+    if flagged:
+        notes.append(
+            "Flagged steps (kept out of the claims; see docs/ANALYSIS.md, 'Flags'): " + "; ".join(flagged)
+        )
     return notes
 
 
-def write_report(path: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write report.html (self-contained) and report.md (+ report_files/ figures); return the HTML path."""
-    a = analyze(path)
+def write_report(
+    path: str | Path, out_dir: str | Path | None = None, analysis: Analysis | None = None
+) -> Path:
+    """Write report.html (self-contained), report.md (+ report_files/ figures) and summary.json; return the
+    HTML path. Pass `analysis` (from analyze(path)) to reuse a computed verdict."""
+    a = analysis if analysis is not None else analyze(path)
+    v = a.verdict
     out = Path(out_dir) if out_dir is not None else Path(path)
     out.mkdir(parents=True, exist_ok=True)
+    write_summary(v, out)
     figs = plot_all(a.summary, a.data.records, a.balance, a.data.gpu, a.data.steps, out / FILES_DIR)
     config, env = split_manifest(a.data)
     experiment = str(config.get("name") or a.data.steps["experiment"].iloc[0])
     title = f"Expert Router report: {experiment}"
     slo_text = ", ".join(f"{k.upper()} ≤ {v * 1000:g} ms" for k, v in a.slos.items())
+    summary = _with_text(a.summary)
+    engines = _with_text(engine_table(a.summary, a.data.configs))
+    experts = _with_text(expert_table(a.data.records, classifier_cards(a.data.path)))
     tables = {
-        "comparison": make_table(a.comparison, COMPARISON_COLUMNS, highlight="routed_wins"),
-        "summary": make_table(a.summary, SUMMARY_COLUMNS),
-        "infra": make_table(a.summary, INFRA_COLUMNS, drop_empty=True),
+        "comparison": make_table(comparison_frame(v), COMPARISON_COLUMNS, highlight="a_wins"),
+        "summary": make_table(summary, SUMMARY_COLUMNS),
+        "engines": make_table(engines, ENGINE_COLUMNS, drop_empty=True),
+        "experts": make_table(experts, EXPERT_COLUMNS, drop_empty=True),
+        "infra": make_table(summary, INFRA_COLUMNS, drop_empty=True),
         "balance": make_table(a.balance[a.balance["topology"] == "routed"], BALANCE_COLUMNS),
     }
     env_loader = jinja2.FileSystemLoader(Path(__file__).parent / "templates")
@@ -240,7 +380,7 @@ def write_report(path: str | Path, out_dir: str | Path | None = None) -> Path:
         generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         findings=a.findings,
         notes=notes,
-        crossovers=_crossover_text(a.crossovers),
+        saturation=_saturation_text(v),
         slos=slo_text,
         figures=figures,
         config_json=json.dumps(config, indent=2, sort_keys=True),
@@ -254,17 +394,26 @@ def write_report(path: str | Path, out_dir: str | Path | None = None) -> Path:
         "",
         f"Results: `{Path(path)}` · runs: {', '.join(a.data.run_ids)}",
         "",
-        "## Findings",
+        "## Verdict",
         "",
     ]
     md += [f"- {f}" for f in a.findings] + [""] + [f"> {n}" for n in notes]
-    md += ["", "## Routed vs single (routed ÷ single)", "", markdown_table(tables["comparison"]), ""]
-    md += [f"- {c}" for c in _crossover_text(a.crossovers)]
-    md += ["", "## Summary (latencies in ms)", "", f"SLOs: {slo_text or 'none'}", ""]
+    md += ["", "## Saturation", ""] + [f"- {t}" for t in _saturation_text(v)]
+    md += ["", "## A vs B (95 % CIs; a difference inside its CI or the harness error is not a win)", ""]
+    md += [markdown_table(tables["comparison"]), ""]
+    md += ["## Summary (latencies in ms)", "", f"SLOs: {slo_text or 'none'}", ""]
     md += [
         markdown_table(tables["summary"]),
         "",
-        "## Infrastructure",
+        "## Why: engines, batch size and TPOT",
+        "",
+        markdown_table(tables["engines"]),
+        "",
+        "## Why: experts",
+        "",
+        markdown_table(tables["experts"]),
+        "",
+        "## Infrastructure and harness error",
         "",
         markdown_table(tables["infra"]),
         "",

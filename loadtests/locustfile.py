@@ -16,13 +16,23 @@ import gevent
 from locust import events
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
-from loadtests.options import add_arguments, settings_from
+from loadtests.options import add_arguments, request_rate_from_argv, settings_from
 from loadtests.recording import Recorder
 from loadtests.shapes import shape_from_argv
-from loadtests.users import STATE, LLMStreamUser, load_workload
+from loadtests.users import STATE, load_workload
 
-__all__ = ["LLMStreamUser"]
 logger = logging.getLogger("loadtests")
+
+# Locust runs every User class this module defines: export the closed-loop user, or with --request-rate
+# the open-loop one (one per process, -u <processes>), never both
+if request_rate_from_argv(sys.argv) > 0:
+    from loadtests.openloop import OpenLoopUser
+
+    __all__ = ["OpenLoopUser"]
+else:
+    from loadtests.users import LLMStreamUser
+
+    __all__ = ["LLMStreamUser"]
 
 # Locust picks up any LoadTestShape in this module; export the one --shape names (none: -u/-r/-t apply)
 _shape = shape_from_argv(sys.argv)
@@ -78,6 +88,10 @@ def _init(environment: Any, **_: Any) -> None:
     except Exception as e:
         logger.error("cannot start the load test: %s", e)
         sys.exit(2)
+    # gevent's loop clock is cached and has not moved since the imports and the prompt loading above
+    # (seconds on a busy machine); Locust arms its --run-time timer right after this event, against that
+    # stale clock, so without this every step ended that much early
+    gevent.get_hub().loop.update_now()
 
 
 @events.test_start.add_listener

@@ -52,6 +52,22 @@ def add_arguments(parser: Any) -> None:
     a("--spike-users", type=int, default=100, help="spike shape: users during the spike")
     a("--spike-at", type=float, default=20.0, help="spike shape: spike start (s from test start)")
     a("--spike-seconds", type=float, default=10.0, help="spike shape: spike duration (s)")
+    a(
+        "--request-rate",
+        type=float,
+        default=0.0,
+        env_var="LOCUST_REQUEST_RATE",
+        help="Open loop: requests/s from one seeded arrival schedule (0: closed loop, -u users)",
+    )
+    a("--max-concurrency", type=int, default=0, help="Open loop: cap on requests in flight (0: none)")
+    a("--burstiness", type=float, default=1.0, help="Open loop: gamma shape of the gaps (1.0 = Poisson)")
+    a(
+        "--arrival-workers",
+        type=int,
+        default=0,
+        help="Open loop: processes sharing the schedule (0: --processes, else 1); set on distributed runs",
+    )
+    a("--late-ms", type=float, default=10.0, help="Open loop: a request sent later than this is 'late'")
     a("--cpu-warn-percent", type=float, default=90.0, help="Warn when a worker's CPU exceeds this")
     a("--lag-warn-ms", type=float, default=20.0, help="Warn when the gevent loop lag exceeds this")
 
@@ -98,6 +114,11 @@ class Settings:
     request_timeout: float
     cpu_warn_percent: float
     lag_warn_ms: float
+    request_rate: float = 0.0  # > 0: open loop
+    max_concurrency: int = 0  # 0: no cap
+    burstiness: float = 1.0
+    arrival_workers: int = 1
+    late_ms: float = 10.0
 
     @property
     def workload(self) -> str:
@@ -121,6 +142,13 @@ def settings_from(opts: Any) -> Settings:
     spec.update(_parse_kv(list(opts.workload_option or [])))
     if opts.shape == "steps":
         parse_steps(opts.steps)
+    rate = float(getattr(opts, "request_rate", 0.0) or 0.0)
+    if rate < 0 or float(getattr(opts, "burstiness", 1.0)) <= 0:
+        raise OptionError("--request-rate must be >= 0 and --burstiness > 0")
+    if int(getattr(opts, "max_concurrency", 0) or 0) < 0:
+        raise OptionError("--max-concurrency must be >= 0")
+    if rate > 0 and opts.shape:
+        raise OptionError("--request-rate (open loop) and --shape (user counts) exclude each other")
     return Settings(
         records_dir=str(opts.records_dir or ""),
         workload_spec=spec,
@@ -133,4 +161,43 @@ def settings_from(opts: Any) -> Settings:
         request_timeout=float(opts.request_timeout),
         cpu_warn_percent=float(opts.cpu_warn_percent),
         lag_warn_ms=float(opts.lag_warn_ms),
+        request_rate=rate,
+        max_concurrency=int(getattr(opts, "max_concurrency", 0) or 0),
+        burstiness=float(getattr(opts, "burstiness", 1.0)),
+        arrival_workers=arrival_workers(opts),
+        late_ms=float(getattr(opts, "late_ms", 10.0)),
     )
+
+
+def arrival_workers(opts: Any) -> int:
+    """Processes that share one open-loop schedule: --arrival-workers, else Locust's --processes."""
+    n = int(getattr(opts, "arrival_workers", 0) or 0)
+    if n > 0:
+        return n
+    procs = int(getattr(opts, "processes", 0) or 0)
+    if procs == -1:
+        import os
+
+        procs = os.cpu_count() or 1
+    return max(1, procs)
+
+
+def request_rate_from_argv(argv: Any, environ: dict[str, str] | None = None) -> float:
+    """`--request-rate R` from the command line (or LOCUST_REQUEST_RATE), 0.0 when absent.
+
+    Locust picks the user classes when it imports the locustfile, before it parses our options, hence
+    this early look (as for --shape).
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+    raw = env.get("LOCUST_REQUEST_RATE", "")
+    for i, arg in enumerate(argv):
+        if arg == "--request-rate" and i + 1 < len(argv):
+            raw = argv[i + 1]
+        elif arg.startswith("--request-rate="):
+            raw = arg.split("=", 1)[1]
+    try:
+        return float(raw) if raw else 0.0
+    except ValueError:
+        raise SystemExit(f"--request-rate must be a number, got {raw!r}") from None

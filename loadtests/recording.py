@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.monitor import SelfMonitor
-from system.records import RECORD_FILE_PREFIX, RECORD_FILE_SUFFIX, RecordWriter, RequestRecord
+from system.records import (
+    OUTCOME_CUT,
+    RECORD_FILE_PREFIX,
+    RECORD_FILE_SUFFIX,
+    RecordWriter,
+    RequestRecord,
+)
 
 logger = logging.getLogger("loadtests.recording")
 
@@ -26,8 +32,9 @@ def make_worker_id() -> str:
 class Recorder:
     """Owns this process's record file; `record()` writes the row and fires the Locust events together.
 
-    Writing and firing happen with no gevent switch in between, so the record count always equals
-    Locust's `E2E` request count (a request cut off by the end of the test produces neither).
+    Writing and firing happen with no gevent switch in between, so the count of records whose outcome is
+    not `cut` always equals Locust's `E2E` request count (a request cut off by the end of the step gets a
+    record with outcome `cut` and no Locust event: it neither failed nor finished).
     """
 
     def __init__(self, environment: Any, records_dir: str, cpu_warn: float, lag_warn_ms: float) -> None:
@@ -67,7 +74,8 @@ class Recorder:
                 self._writer = RecordWriter(path)
                 logger.info("writing per-request records to %s", path)
             self._writer.write(rec)
-        self._fire(rec)
+        if rec.outcome != OUTCOME_CUT:
+            self._fire(rec)
 
     def _fire(self, rec: RequestRecord) -> None:
         fire = self.environment.events.request.fire

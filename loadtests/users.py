@@ -87,13 +87,14 @@ def resolve_model(base: str, prefix: str, wanted: str) -> str:
         return model
 
 
-class LLMStreamUser(FastHttpUser):
-    """One user = one stream at a time (closed loop): stream, record, think, repeat.
+class StreamUserBase(FastHttpUser):
+    """What both load kinds share: settings, the target, the request body and sending one recorded request.
 
-    Streams over its own keep-alive geventhttpclient connection (the client FastHttpUser wraps), read
-    with `readline` so each SSE line is timed as it arrives; `self.client` stays usable for extensions.
+    Streams go over geventhttpclient keep-alive connections (the client FastHttpUser wraps), read with
+    `readline` so each SSE line is timed as it arrives; `self.client` stays usable for extensions.
     """
 
+    abstract = True
     # FastHttpUser's defaults; our stream client takes its timeouts from the options instead
     network_timeout = 300.0
 
@@ -105,30 +106,15 @@ class LLMStreamUser(FastHttpUser):
         self.user_id = self.recorder.next_user_id()
         self.rng = random.Random(f"{self.settings.seed}-{self.user_id}")
         self.base, self.prefix = split_host(self.host or "")
-        self.http: HTTPClient | None = None
         self.model = resolve_model(self.base, self.prefix, self.settings.model)
 
-    def on_stop(self) -> None:
-        self._drop_connection()
-
-    def wait_time(self) -> float:
-        return self.settings.think_time
-
-    def _connection(self) -> HTTPClient:
-        if self.http is None:
-            self.http = HTTPClient.from_url(
-                self.base,
-                concurrency=1,
-                connection_timeout=CONNECT_TIMEOUT_S,
-                network_timeout=self.settings.request_timeout,
-            )
-        return self.http
-
-    def _drop_connection(self) -> None:
-        if getattr(self, "http", None) is not None:
-            assert self.http is not None
-            self.http.close()
-            self.http = None
+    def new_connection(self) -> HTTPClient:
+        return HTTPClient.from_url(
+            self.base,
+            concurrency=1,
+            connection_timeout=CONNECT_TIMEOUT_S,
+            network_timeout=self.settings.request_timeout,
+        )
 
     def build_body(self, text: str, max_tokens: int) -> dict[str, Any]:
         s = self.settings
@@ -146,8 +132,12 @@ class LLMStreamUser(FastHttpUser):
             body["ignore_eos"] = True
         return body
 
-    @task
-    def stream_one(self) -> None:
+    def send_one(self, http: HTTPClient) -> bool:
+        """Stream one request on `http` and record it; False when the connection must be dropped.
+
+        A request cut off by the end of the step (GreenletExit) is recorded with outcome `cut` and the
+        exception propagates (the socket is then in an unknown state: the caller drops it).
+        """
         s = self.settings
         prompt = self.rng.choice(STATE.prompts)
         max_tokens = max(1, min(int(prompt.reference_output_tokens), s.max_tokens))
@@ -162,12 +152,44 @@ class LLMStreamUser(FastHttpUser):
         )
         body = self.build_body(prompt.text, max_tokens)
         try:
-            reusable = stream_request(self._connection(), self.prefix + s.endpoint, body, rec, prompt.text)
+            reusable = stream_request(http, self.prefix + s.endpoint, body, rec, prompt.text)
         except BaseException:
-            # killed by the end of the test (GreenletExit): no record, no event - the request was
-            # cut off by us, not failed by the server; the socket is in an unknown state
+            self.recorder.record(rec)  # outcome "cut": written, but not a Locust request event
+            raise
+        self.recorder.record(rec)
+        return reusable
+
+
+class LLMStreamUser(StreamUserBase):
+    """One user = one stream at a time (closed loop): stream, record, think, repeat."""
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.http: HTTPClient | None = None
+
+    def on_stop(self) -> None:
+        self._drop_connection()
+
+    def wait_time(self) -> float:
+        return self.settings.think_time
+
+    def _connection(self) -> HTTPClient:
+        if self.http is None:
+            self.http = self.new_connection()
+        return self.http
+
+    def _drop_connection(self) -> None:
+        if getattr(self, "http", None) is not None:
+            assert self.http is not None
+            self.http.close()
+            self.http = None
+
+    @task
+    def stream_one(self) -> None:
+        try:
+            reusable = self.send_one(self._connection())
+        except BaseException:
             self._drop_connection()
             raise
         if not reusable:
             self._drop_connection()
-        self.recorder.record(rec)

@@ -14,8 +14,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "stack": ("system.runner.cli:stack", "Bring a routed or single-model stack up in the foreground."),
     "experiment": ("system.runner.cli:experiment", "Run an experiment sweep from a YAML file."),
     "report": ("analysis.cli:report", "Write the HTML + Markdown report of a run directory."),
+    "compare": ("analysis.cli:compare", "A/B comparison of two runs with 95 % confidence intervals."),
     "bench": ("system.bench.cli:bench", "Benchmarks: sim, classifier, accuracy, gateway, soak."),
-    "calibrate": ("system.engines.sim.calibrate:calibrate", "Fit a sim profile to measured engine runs."),
+    "calibrate": ("system.calibration.calibrate:calibrate", "Fit a sim profile to measured engine runs."),
     "demo": ("system.demo:demo", "Quickstart: routed vs single on the simulator, then the report."),
 }
 

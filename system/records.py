@@ -21,6 +21,8 @@ from typing import Any
 
 RECORD_FILE_PREFIX = "records-"
 RECORD_FILE_SUFFIX = ".csv"
+OUTCOME_OK, OUTCOME_ERROR, OUTCOME_CUT = "ok", "error", "cut"
+CUT_ERROR = "cut: step ended"
 
 
 @dataclass
@@ -38,6 +40,9 @@ class RequestRecord:
     e2e_s: float = math.nan  # send -> last byte
     tpot_s: float = math.nan  # (e2e - ttft) / (output_tokens - 1), vLLM bench's definition
     itl_s: list[float] = field(default_factory=list)  # gaps between successive content chunks
+    # tokens in each content chunk, first included (sums to output_tokens); chunk i arrived at
+    # start_ts + ttft_s + sum(itl_s[:i])
+    chunk_tokens: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
     output_tokens: int = 0
     tokens_from_usage: bool = False  # False when counted client-side
@@ -50,6 +55,8 @@ class RequestRecord:
     status: int = 0  # HTTP status; 0 when no response (connection error, timeout)
     success: bool = False
     error: str = ""
+    # "ok" | "error" | "cut" (still open when the step ended: end_ts = cut time, tokens received so far)
+    outcome: str = ""
     # server ground truth (simulator), epoch seconds; NaN when the server gives none
     gt_arrival_ts: float = math.nan
     gt_first_token_ts: float = math.nan
@@ -64,19 +71,31 @@ class RequestRecord:
     client_loop_lag_ms: float = math.nan  # gevent loop lag sampled when the request ended
 
     def finish_derived(self) -> None:
-        """Fill TPOT from TTFT/E2E/output tokens (vLLM bench: excludes the first token)."""
+        """Fill TPOT from TTFT/E2E/output tokens (vLLM bench: excludes the first token) and the outcome."""
+        if not self.outcome:
+            self.outcome = OUTCOME_OK if self.success else OUTCOME_ERROR
         if self.output_tokens > 1 and not math.isnan(self.ttft_s) and not math.isnan(self.e2e_s):
             self.tpot_s = (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
 
 
 FIELD_NAMES: list[str] = [f.name for f in fields(RequestRecord)]
-_STR_DTYPES = {"error": str, "expert": str, "worker_id": str, "request_id": str, "label": str}
+_STR_DTYPES = {
+    "error": str,
+    "expert": str,
+    "worker_id": str,
+    "request_id": str,
+    "label": str,
+    "outcome": str,
+}
+_LIST_FIELDS = ("itl_s", "chunk_tokens")
 
 
 def _encode(name: str, value: Any) -> Any:
     if name == "itl_s":
         # 6 decimals = microsecond resolution, far below any effect we measure
         return json.dumps([round(v, 6) for v in value], separators=(",", ":"))
+    if name == "chunk_tokens":
+        return json.dumps([int(v) for v in value], separators=(",", ":"))
     if isinstance(value, float):
         return "" if math.isnan(value) else repr(value)
     return value
@@ -163,11 +182,21 @@ def read_records(paths: Iterable[str | Path]) -> Any:
         return pd.DataFrame(columns=[*FIELD_NAMES, "source_file"])
     df = pd.concat(frames, ignore_index=True)
     df = df[df["request_id"].notna()].copy()
+    for name in _LIST_FIELDS:  # files written before the field existed
+        if name not in df.columns:
+            df[name] = "[]"
+    if "outcome" not in df.columns:
+        df["outcome"] = ""
     for name in ("expert", "policy", "error", "workload", "label", "worker_id", "model", "endpoint"):
         df[name] = df[name].fillna("").astype(str)
     for name in ("stream", "success", "tokens_from_usage"):
         df[name] = df[name].astype(str).str.lower().isin(["true", "1"])
     for name in ("status", "prompt_tokens", "output_tokens", "cluster", "gt_output_tokens", "user_id"):
         df[name] = pd.to_numeric(df[name], errors="coerce").fillna(-1).astype("int64")
-    df["itl_s"] = df["itl_s"].fillna("[]").map(lambda s: json.loads(s) if isinstance(s, str) and s else [])
+    for name in _LIST_FIELDS:
+        df[name] = df[name].fillna("[]").map(lambda s: json.loads(s) if isinstance(s, str) and s else [])
+    # old files have no outcome: derive it from success
+    df["outcome"] = df["outcome"].fillna("").astype(str)
+    missing = df["outcome"] == ""
+    df.loc[missing, "outcome"] = df.loc[missing, "success"].map({True: OUTCOME_OK, False: OUTCOME_ERROR})
     return df.reset_index(drop=True)

@@ -1,9 +1,17 @@
 """`expert-router bench accuracy`: Locust-measured TTFT/E2E minus the sim's ground truth, per user count.
 
-The sim stamps each response with when its first and last token were due (`sim_timing`, same clock as the
-client). The harness error of one request is `client first-content-byte time - first_token_ts` (TTFT) and
-`client last-content-chunk time - last_token_ts` (E2E); both include the gateway's relay and the sim's own
-emission lateness, so they bound the harness error from above.
+The sim stamps each response with when the request arrived and when its first and last token were due
+(`sim_timing`, same clock as the client). Per successful request, keys `<name>_p50_ms_<N>` / `_p99_ms_<N>`:
+
+- `send_to_arrival`: `gt_arrival_ts − start_ts`, the system path (Locust send → sim arrival; through the
+  gateway with `--target gateway`, so it includes the gateway's receive, classify and forward);
+- `ttft_error` (today's key, unchanged) = `client_ttft_error` (the client's share): first content byte read by
+  Locust − `first_token_ts`. With `--target gateway` it includes the gateway's relay of that byte (and the
+  sim's own emission lateness); with `--target direct` it is the sim's emission lateness plus Locust's read
+  only. `client_ttft_error_scope` says which;
+- `harness_ttft_error`: the two together = measured TTFT − the sim's own TTFT (`first_token_ts −
+  arrival_ts`), the error a TTFT in a report carries;
+- `e2e_error`: last content chunk read − `last_token_ts`.
 """
 
 from __future__ import annotations
@@ -20,11 +28,12 @@ from typing import Any
 import click
 import numpy as np
 
-from system.bench._locust import run_locust
+from system.bench._out import local_out
 from system.bench._sims import sim_stack
 from system.records import read_records
+from system.runner.locust import run_locust
 
-DEFAULT_OUT = "results/benchmarks/accuracy.json"
+DEFAULT_OUT = local_out("accuracy.json")
 
 
 def parse_users(text: str) -> list[int]:
@@ -83,6 +92,10 @@ def error_stats(df: Any, start_after_ts: float) -> dict[str, float]:
         "measured": len(d),
         "ttft_error_p50_ms": pct(ttft_err, 50),
         "ttft_error_p99_ms": pct(ttft_err, 99),
+        "client_ttft_error_p50_ms": pct(ttft_err, 50),
+        "client_ttft_error_p99_ms": pct(ttft_err, 99),
+        "harness_ttft_error_p50_ms": pct(path + ttft_err, 50),
+        "harness_ttft_error_p99_ms": pct(path + ttft_err, 99),
         "e2e_error_p50_ms": pct(e2e_err, 50),
         "e2e_error_p99_ms": pct(e2e_err, 99),
         "send_to_arrival_p50_ms": pct(path, 50),
@@ -117,8 +130,8 @@ def run_step(target: str, users: int, seconds: float, processes: int, max_tokens
     stats.update(
         users=users,
         processes=processes,
-        requests=len(df),
-        errors=int((~df["success"]).sum()),
+        requests=int((df["outcome"] != "cut").sum()),  # `cut`: still streaming when the run ended
+        errors=int((df["outcome"] == "error").sum()),
         duplicate_request_ids=int(df["request_id"].duplicated().sum()),
         # Locust's own count; its master waits only 0.5 s for the workers' last stats report, so under
         # heavy load it can miss the final seconds - the records are the complete set
@@ -138,18 +151,38 @@ def flatten(steps: list[dict]) -> dict[str, Any]:
     return out
 
 
+def client_scope(target: str) -> str:
+    """What `client_ttft_error_*` covers for this target (written into the JSON beside the keys)."""
+    if target == "direct":
+        return "direct: sim first token due -> first byte read by Locust (sim emission lateness + client)"
+    return (
+        "via gateway: sim first token due -> first byte read by Locust, including the gateway's relay of "
+        "that byte (run --target direct to isolate the client)"
+    )
+
+
 def markdown_table(steps: list[dict]) -> str:
     lines = [
-        "| users | procs | requests | errors | TTFT err p50 / p99 (ms) | E2E err p50 / p99 (ms) "
+        "| users | procs | requests | errors | send → sim arrival p50 / p99 (ms) "
+        "| client share (TTFT err) p50 / p99 (ms) | harness TTFT err p50 / p99 (ms) | E2E err p50 / p99 (ms) "
         "| client CPU max | loop lag p99 (ms) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def pair(s: dict, key: str) -> str:
+        a, b = s.get(f"{key}_p50_ms"), s.get(f"{key}_p99_ms")
+        if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
+            return "–"
+        return f"{a:+.1f} / {b:+.1f}"
+
     for s in steps:
+        cpu = s.get("client_cpu_max_percent")
+        lag = s.get("client_loop_lag_p99_ms")
         lines.append(
-            f"| {s['users']} | {s['processes']} | {s['requests']} | {s['errors']} "
-            f"| {s['ttft_error_p50_ms']:+.1f} / {s['ttft_error_p99_ms']:+.1f} "
-            f"| {s['e2e_error_p50_ms']:+.1f} / {s['e2e_error_p99_ms']:+.1f} "
-            f"| {s['client_cpu_max_percent']:.0f}% | {s['client_loop_lag_p99_ms']:.1f} |"
+            f"| {s['users']} | {s['processes']} | {s['requests']:,} | {s['errors']} "
+            f"| {pair(s, 'send_to_arrival')} | {pair(s, 'ttft_error')} | {pair(s, 'harness_ttft_error')} "
+            f"| {pair(s, 'e2e_error')} "
+            f"| {'–' if cpu is None else f'{cpu:.0f}%'} | {'–' if lag is None else f'{lag:.1f}'} |"
         )
     return "\n".join(lines)
 
@@ -189,7 +222,12 @@ def markdown_table(steps: list[dict]) -> str:
     help="Sim tokens per SSE event (vLLM's option).",
 )
 @click.option("--keep", type=click.Path(file_okay=False), default=None, help="Keep records/logs in this dir.")
-@click.option("--out", default=DEFAULT_OUT, show_default=True, help="JSON result file.")
+@click.option(
+    "--out",
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="JSON result file (default: git-ignored; name results/benchmarks/accuracy.json to update the docs).",
+)
 def accuracy(
     users_text: str,
     seconds: float,
@@ -238,6 +276,7 @@ def accuracy(
             "workload": "synthetic",
             "processes": processes,
         },
+        "client_ttft_error_scope": client_scope(target),
         **flatten(steps),
         "steps": steps,
     }

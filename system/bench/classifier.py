@@ -15,6 +15,7 @@ from typing import Any
 import click
 import numpy as np
 
+from system.bench._out import local_out
 from system.runner.manifest import cpu_model
 
 PROMPT_CHARS = 500
@@ -117,10 +118,10 @@ def _markdown(r: dict[str, Any]) -> str:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("results/benchmarks/classifier.json"),
+    default=Path(local_out("classifier.json")),
 )
 @click.option(
-    "--md", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/perf/classifier.md")
+    "--md", type=click.Path(dir_okay=False, path_type=Path), default=Path(local_out("classifier.md"))
 )
 def classifier(k: int, n_train: int, svd: int, iterations: int, seed: int, out: Path, md: Path) -> None:
     """Train on the labelled corpus, then time predict() on 500-char prompts (target p50 <= 100 µs)."""

@@ -12,6 +12,11 @@ BENCHES: dict[str, tuple[str, str]] = {
     "gateway": ("system.bench.gateway:gateway", "Added TTFT, throughput kept: gateway vs direct vs peers."),
     "accuracy": ("system.bench.accuracy:accuracy", "Locust-measured TTFT/E2E minus the sim's ground truth."),
     "soak": ("system.bench.soak:soak", "Long run through the gateway: errors, RSS, fds, p99 drift."),
+    "loadgen": ("system.bench.loadgen:loadgen", "Load one Locust worker sustains at the accuracy target."),
+    "records": (
+        "system.bench.records_scale:records",
+        "Results-dir size, analysis time/memory per M records.",
+    ),
 }
 
 

@@ -17,6 +17,7 @@ import click
 import numpy as np
 
 from system.bench._gateway_stats import ci, judge_cpu_ratio, judge_lower, judge_ttft_ratio, judge_upper
+from system.bench._out import local_out
 from system.bench._peers import (
     Target,
     core_plan,
@@ -234,10 +235,10 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
 @click.option("--reps", default=3, show_default=True, help="Repetitions of every (stream count, arm) run.")
 @click.option(
     "--out",
-    default=None,
+    default=local_out("gateway.json"),
+    show_default=True,
     type=click.Path(),
-    help="JSON result file (default: an untracked results/gateway-<time>.json; name "
-    "results/benchmarks/gateway.json explicitly to replace the committed figures).",
+    help="JSON result file (name results/benchmarks/gateway.json to replace the committed figures).",
 )
 @click.option("--md", default="", type=click.Path(), help="Also write the markdown section here.")
 @click.option("--upstream", type=click.Choice(["fake", "sim"]), default="fake", show_default=True)
@@ -284,8 +285,7 @@ def gateway(
     unknown = [o for o in opt_names if o not in OPTIONS]
     if unknown:
         raise click.BadParameter(f"unknown option(s) {unknown}; choose from {list(OPTIONS)}")
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out_path = Path(out or f"results/gateway-{stamp}.json")
+    out_path = Path(out)
     cores = core_plan(os.cpu_count() or 1) if pin else core_plan(1)
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     prompts = load_prompts({"kind": "labelled", "n": 256, "seed": 7})

@@ -1,9 +1,9 @@
 """Closed-loop streaming load client (asyncio + aiohttp + uvloop), run as its own process by `bench gateway`.
 
 N users each send a streaming chat request, read it to the end, and send the next one. Per request it keeps
-TTFT (send -> first body chunk carrying a content token), E2E and completion tokens (from the final usage
-event). Chunks are never parsed on the hot path: the first-token check looks for a byte pattern only until
-it matches, and the usage figure is read from the tail of the stream once it ends.
+TTFT (send -> first chunk carrying content), E2E and completion tokens (from the final usage event), read
+with the harness's one SSE reader (`system.sse.SSEReader`) in its lazy mode: events after the first content
+chunk are parsed only at the end of the stream, which keeps the client far from being the bottleneck.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import random
-import re
 import resource
 import time
 from pathlib import Path
@@ -20,15 +19,7 @@ from typing import Any
 
 import aiohttp
 
-_USAGE = re.compile(rb'"completion_tokens":\s*(\d+)')
-_CONTENT = (b'"content":"', b'"content": "', b'"text":"', b'"text": "')
-_EMPTY = (b'"content":""', b'"content": ""', b'"text":""', b'"text": ""')
-
-
-def _has_token(chunk: bytes) -> bool:
-    """True when the chunk carries a non-empty content delta (vLLM sends an empty role delta first)."""
-    n = sum(chunk.count(p) for p in _CONTENT)
-    return n > 0 and n > sum(chunk.count(p) for p in _EMPTY)
+from system.sse import SSEReader
 
 
 async def _user(
@@ -49,8 +40,7 @@ async def _user(
         body = bodies[i % len(bodies)]
         i += 1
         t0 = time.perf_counter()
-        ttft = -1.0
-        tail = b""
+        reader = SSEReader(t0, lazy=True)
         try:
             async with session.post(url, data=body, headers=headers) as resp:
                 if resp.status != 200:
@@ -58,20 +48,18 @@ async def _user(
                     errors[f"http_{resp.status}"] = errors.get(f"http_{resp.status}", 0) + 1
                     continue
                 async for chunk in resp.content.iter_any():
-                    if ttft < 0 and _has_token(chunk):
-                        ttft = time.perf_counter() - t0
-                    # keep only the end of the stream (usage event); no copy when the chunk alone suffices
-                    tail = chunk if len(chunk) >= 2048 else (tail + chunk)[-2048:]
+                    reader.feed(chunk, time.perf_counter())
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
             await asyncio.sleep(0.05)  # do not spin on a dead target
             continue
         t1 = time.perf_counter()
-        m = _USAGE.findall(tail)
-        if ttft < 0 or not m or b"[DONE]" not in tail:
+        reader.end(t1)
+        tokens = reader.usage_tokens
+        if not reader.chunk_times or tokens is None or not reader.done or reader.error:
             errors["incomplete"] = errors.get("incomplete", 0) + 1
             continue
-        out.append((t0, ttft, t1 - t0, int(m[-1]), 1))
+        out.append((t0, reader.ttft_s, t1 - t0, tokens, 1))
 
 
 async def run(

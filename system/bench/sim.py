@@ -19,11 +19,12 @@ from typing import Any
 
 import click
 
+from system.bench._out import local_out
 from system.engines.sim.benchclient import histogram_quantile, scrape
 from system.runner.manifest import cpu_model
 
-DEFAULT_OUT = Path("results/benchmarks/sim.json")
-DEFAULT_MD = Path("docs/perf/sim.md")
+DEFAULT_OUT = Path(local_out("sim.json"))
+DEFAULT_MD = Path(local_out("sim.md"))
 
 
 def _git_sha() -> str:

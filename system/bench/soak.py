@@ -17,12 +17,13 @@ from typing import Any
 import click
 import psutil
 
-from system.bench._locust import run_locust
+from system.bench._out import local_out
 from system.bench._sims import sim_stack
 from system.bench.accuracy import locust_version, machine, pct, processes_for, write_json
 from system.records import read_records
+from system.runner.locust import run_locust
 
-DEFAULT_OUT = "results/benchmarks/soak.json"
+DEFAULT_OUT = local_out("soak.json")
 SAMPLE_EVERY_S = 5.0
 
 
@@ -139,7 +140,7 @@ def soak(
     warm = t0 + ramp_s + min(10.0, minutes * 60 / 4)  # Locust start-up + ramp-up over: the warm baseline
     _, rss_start, fds_start = sampler.first_after(warm)
     _, rss_end, fds_end = sampler.samples[-1]
-    failed = df[~df["success"]]
+    failed = df[df["outcome"] == "error"]  # `cut`: still streaming when the run ended, not a failure
     ttft_pm = per_minute_p99(df, warm, "ttft_s")
     e2e_pm = per_minute_p99(df, warm, "e2e_s")
     result: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Engine specs (sim / vllm / transformers) and the `Launcher` plug-in that turns one into a process."""
+"""Engine specs (sim, vllm, transformers, external) and the `Launcher` plug-in that starts one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import Field, field_validator, model_validator
 
 from system.config import StrictModel
+from system.engines.external import ExternalEngine, ExternalLauncher
 from system.processes import ServerProcess
 
 LOOPBACK = "127.0.0.1"
@@ -37,12 +38,16 @@ class SimEngine(_EngineBase):
     seed: int | None = None  # default: experiment seed + expert index, so experts differ but reproducibly
     stream_interval: int | None = Field(default=None, ge=1)
     startup_timeout_s: float = Field(default=60.0, gt=0)
+    # a simulated GPU id (at most one): with the configuration's share_gpus, sim experts given the same id
+    # run in one sim process that time-slices one simulated GPU between them (docs/SIMULATOR.md)
+    gpus: list[int] = Field(default_factory=list, max_length=1)
+    memory_fraction: float | None = Field(default=None, gt=0, le=1)  # the engine's GPU memory share
 
 
 class _GpuEngine(_EngineBase):
     model: str  # HF id or local path
     gpus: list[int] = Field(default_factory=list)  # CUDA_VISIBLE_DEVICES; empty = inherit
-    # executable: a name on PATH, or an argv prefix (tests use [python, tests/integration/fake_vllm.py])
+    # executable: a name on PATH, or an argv prefix (tests use [python, -m, system.bench.fake_upstream])
     executable: str | list[str] = ""
     startup_timeout_s: float = Field(default=900.0, gt=0)  # weights loading + CUDA graph capture
     warmup_requests: int = Field(default=2, ge=0)
@@ -102,7 +107,9 @@ class TransformersEngine(_GpuEngine):
     seed: int | None = None
 
 
-EngineSpec = Annotated[SimEngine | VllmEngine | TransformersEngine, Field(discriminator="kind")]
+EngineSpec = Annotated[
+    SimEngine | VllmEngine | TransformersEngine | ExternalEngine, Field(discriminator="kind")
+]
 
 
 @dataclass
@@ -117,6 +124,8 @@ class LaunchSpec:
     served_model: str  # the `model` name the server answers to
     startup_timeout_s: float
     gpus: list[int] = field(default_factory=list)
+    # True: the server already runs elsewhere (engine kind `external`); `cmd` is empty, nothing is started
+    external: bool = False
 
 
 class Launcher(Protocol):
@@ -127,7 +136,7 @@ class Launcher(Protocol):
     ) -> LaunchSpec: ...
 
 
-LAUNCHERS: dict[str, Launcher] = {}
+LAUNCHERS: dict[str, Launcher] = {"external": ExternalLauncher()}
 
 
 def register_launcher(kind: str, launcher: Launcher) -> None:

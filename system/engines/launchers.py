@@ -44,6 +44,8 @@ class SimLauncher:
         cmd += ["--seed", str(spec.seed if spec.seed is not None else seed)]
         if spec.stream_interval is not None:
             cmd += ["--stream-interval", str(spec.stream_interval)]
+        if spec.memory_fraction is not None:
+            cmd += ["--gpu-memory-utilization", str(spec.memory_fraction)]
         cmd += spec.args
         return LaunchSpec(
             cmd=cmd,

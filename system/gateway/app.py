@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -23,8 +24,10 @@ from system.config import StrictModel
 from system.gateway.config import GatewayConfig, PolicyConfig
 from system.gateway.errors import error_response
 from system.gateway.relay import handle_completion
-from system.gateway.request import CHAT, COMPLETIONS
+from system.gateway.request import CHAT, COMPLETIONS, BadRequest, check_content_type, read_body
+from system.gateway.schema import build_openapi
 from system.gateway.state import ADMIN_TOKEN_ENV, ClassifierLoader, Gateway
+from system.jsonbody import JsonBodyError, loads
 
 log = logging.getLogger("expert_router.gateway")
 
@@ -47,6 +50,29 @@ async def require_admin(gw: GatewayDep, authorization: Annotated[str | None, Hea
 
 class ReloadRequest(StrictModel):
     path: Path | None = None
+
+
+ADMIN_BODY_BYTES = 64 * 1024
+_POLICY = TypeAdapter(PolicyConfig)
+
+
+async def admin_body(request: Request, gw: Gateway, *, required: bool) -> object:
+    """An admin call's JSON body, read only after require_admin passed (401/403 come before any 400)."""
+    check_content_type(request.headers.get("content-type"))
+    raw = await read_body(request, ADMIN_BODY_BYTES)
+    if not raw.strip():
+        if required:
+            raise BadRequest(400, "request body is empty; expected a JSON object")
+        return None
+    lim = gw.limits
+    try:
+        return loads(raw, max_depth=lim.max_json_depth, max_digits=lim.max_number_digits)
+    except JsonBodyError as e:
+        raise BadRequest(400, e.message) from None
+
+
+def _invalid(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in x['loc']) or 'body'}: {x['msg']}" for x in e.errors())
 
 
 HOT_PATHS = frozenset({CHAT, COMPLETIONS})
@@ -98,8 +124,14 @@ def create_app(
             await gw.stop()
 
     app = GatewayApp(
-        title="expert-router gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+        title="expert-router gateway",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
     )
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     app.fast_path = fast_path and os.environ.get("EXPERT_ROUTER_GATEWAY_FASTPATH", "1") != "0"
 
     @app.exception_handler(StarletteHTTPException)
@@ -157,15 +189,30 @@ def create_app(
     async def metrics(gw: GatewayDep) -> Response:
         return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # Admin bodies are parsed in the handlers, not declared as FastAPI body parameters: FastAPI reads and
+    # validates declared bodies before it runs dependencies, which would answer 400 before 401.
     @app.post("/admin/reload-classifier", dependencies=[Depends(require_admin)])
-    async def reload_classifier(gw: GatewayDep, req: ReloadRequest | None = None) -> JSONResponse:
+    async def reload_classifier(request: Request, gw: GatewayDep) -> Response:
         try:
-            return JSONResponse(await gw.reload_classifier(req.path if req else None))
+            data = await admin_body(request, gw, required=False)
+            req = ReloadRequest.model_validate(data if data is not None else {})
+        except BadRequest as e:
+            return error_response(e.status, e.message)
+        except ValidationError as e:
+            return error_response(400, f"invalid request: {_invalid(e)}")
+        try:
+            return JSONResponse(await gw.reload_classifier(req.path))
         except Exception as e:  # a bad classifier must not take the gateway down: keep the old one
             return error_response(400, f"classifier not reloaded: {e}")
 
     @app.post("/admin/policy", dependencies=[Depends(require_admin)])
-    async def set_policy(gw: GatewayDep, policy: PolicyConfig) -> JSONResponse:
+    async def set_policy(request: Request, gw: GatewayDep) -> Response:
+        try:
+            policy = _POLICY.validate_python(await admin_body(request, gw, required=True))
+        except BadRequest as e:
+            return error_response(e.status, e.message)
+        except ValidationError as e:
+            return error_response(400, f"invalid request: {_invalid(e)}")
         try:
             return JSONResponse(gw.set_policy(policy))
         except Exception as e:

@@ -6,10 +6,33 @@ import gc
 import logging
 import os
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from system.config import ConfigError
+
+if TYPE_CHECKING:
+    from system.gateway.config import GatewayConfig
+
+
+def edge_options(cfg: GatewayConfig, fd_soft_limit: int) -> dict[str, Any]:
+    """uvicorn.Config keywords for the gateway's edge limits (`limits:` in the YAML)."""
+    from system.edge import EdgeConfig, fit_to_fds, uvicorn_options
+
+    lim = cfg.limits
+    edge = EdgeConfig(
+        max_connections=lim.max_connections,
+        idle_timeout_s=lim.idle_timeout_s,
+        header_timeout_s=lim.header_timeout_s,
+        body_timeout_s=lim.body_timeout_s,
+        max_header_bytes=lim.max_header_bytes,
+        max_headers=lim.max_headers,
+        retry_after_s=lim.retry_after_s,
+    )
+    return uvicorn_options(fit_to_fds(edge, fd_soft_limit))
+
 
 # Set by the parent for `--workers N`: each worker process rebuilds the app from this (validated) JSON.
 CONFIG_ENV = "EXPERT_ROUTER_GATEWAY_CONFIG_JSON"
@@ -82,25 +105,48 @@ def gateway(
 
     import uvicorn
 
+    from system.edge import raise_nofile_limit
     from system.gateway.app import create_app
+    from system.gateway.state import load_prompt_classifier
+
+    # A classifier that is missing, tampered with or does not fit the cluster map is one line and exit 2,
+    # before uvicorn starts (a failure inside the lifespan would print uvicorn's traceback).
+    preloaded = None
+    if cfg.classifier is not None:
+        try:
+            preloaded = load_prompt_classifier(cfg.classifier)
+            cfg.expert_for_cluster(int(preloaded.k))
+        except Exception as e:
+            click.echo(f"error: classifier {cfg.classifier} not usable: {e}", err=True)
+            sys.exit(2)
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    soft, _hard = raise_nofile_limit()
     opts = {
         "host": cfg.host,
         "port": cfg.port,
         "loop": cfg.server.loop,
-        "http": "httptools",  # the relay's stream fast lane writes to this protocol's transport
         "access_log": False,  # one log line per request costs more than the relay itself
         "log_level": log_level,
         "backlog": 4096,
-        "timeout_keep_alive": 30,
         "lifespan": "on",
         "proxy_headers": False,  # no proxy in front of us on loopback: skip X-Forwarded-* parsing per request
+        # the http protocol with the edge limits: uvicorn's httptools protocol underneath, whose transport
+        # the relay's stream fast lane writes to
+        **edge_options(cfg, soft),
     }
     if cfg.server.workers > 1:
         # uvicorn binds once and its worker processes accept on the shared socket; each builds its own app
+        # (and loads the classifier checked above again)
         os.environ[CONFIG_ENV] = cfg.model_dump_json()
         uvicorn.run("system.gateway.cli:app_from_env", factory=True, workers=cfg.server.workers, **opts)  # type: ignore[arg-type]
         return
+    unused = [preloaded] if preloaded is not None else []
+
+    def loader(path: Path) -> Any:  # the lifespan's load at start-up is the one done above
+        if unused and path == cfg.classifier:
+            return unused.pop()
+        return load_prompt_classifier(path)
+
     _tune_process()
-    uvicorn.run(create_app(cfg), **opts)  # type: ignore[arg-type]
+    uvicorn.run(create_app(cfg, classifier_loader=loader), **opts)  # type: ignore[arg-type]

@@ -87,7 +87,38 @@ CLASSIFYING_POLICIES = frozenset({"cluster", "cluster_spill"})
 
 
 class LimitsConfig(StrictModel):
-    max_in_flight: int = Field(default=4096, ge=1, description="Proxied requests at once; more get 429.")
+    max_in_flight: int = Field(
+        default=4096, ge=1, description="Proxied requests at once; more get 503 with Retry-After."
+    )
+    max_connections: int = Field(
+        default=8192,
+        ge=1,
+        description="Client connections at once; a request on one more gets 503 with Retry-After "
+        "(/health and /metrics are still answered). Lowered at start-up to what the fd limit allows.",
+    )
+    idle_timeout_s: float = Field(
+        default=30.0, gt=0, description="Close a client connection idle this long (new or keep-alive)."
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Whole request head (line + headers) within this, else 408 + close."
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Whole request body within this after the headers, else 408 + close."
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, description="Request line + headers larger than this: 431 + close."
+    )
+    max_headers: int = Field(default=100, ge=1, description="More request headers than this: 431 + close.")
+    max_json_depth: int = Field(default=64, ge=2, description="Deeper JSON nesting in a body: 400.")
+    max_number_digits: int = Field(
+        default=100, ge=10, description="A JSON number with more digits than this: 400."
+    )
+    upstream_keepalive_s: float = Field(
+        default=4.0,
+        gt=0,
+        description="Close pooled upstream connections idle this long; keep it below the experts' own "
+        "keep-alive timeout (uvicorn/vLLM: 5 s), so a pooled connection is never closed under a request.",
+    )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Larger request bodies get 413.")
     connect_timeout_s: float = Field(default=5.0, gt=0, description="Upstream TCP connect timeout (-> 504).")
     read_timeout_s: float = Field(
@@ -98,7 +129,7 @@ class LimitsConfig(StrictModel):
     upstream_connections: int = Field(
         default=10_000, ge=1, description="Connection pool size of the one shared upstream session."
     )
-    retry_after_s: int = Field(default=1, ge=0, description="Retry-After value sent with 429.")
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After value sent with 503 (overloaded).")
     retry_connect_errors: bool = Field(
         default=True, description="Retry once on the next candidate when the connect fails."
     )

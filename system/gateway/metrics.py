@@ -68,6 +68,12 @@ class GatewayMetrics:
             registry=r,
         )
         self.retries = Counter("router_retries", "Connect failures retried on another expert", registry=r)
+        self.streams_cut = Counter(
+            "router_streams_cut",
+            "Streams ended early after their headers went out (expert broke off, or went silent)",
+            ["expert", "reason"],
+            registry=r,
+        )
         self.rejected = Counter(
             "router_rejected", "Requests refused before routing, by reason", ["reason"], registry=r
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -16,6 +17,8 @@ from system.gateway.errors import error_body, error_response, sse_error_event
 from system.gateway.pool import ExpertState
 from system.gateway.request import (
     BadRequest,
+    ParsedBody,
+    check_content_type,
     parse_body,
     prompt_text,
     read_body,
@@ -23,13 +26,16 @@ from system.gateway.request import (
 )
 from system.gateway.state import Gateway
 
-# Failures where the upstream cannot have started work on the request: retrying elsewhere is invisible.
-CONNECT_ERRORS = (
-    aiohttp.ClientConnectorError,
-    aiohttp.ConnectionTimeoutError,
-    aiohttp.ServerDisconnectedError,
-)
+log = logging.getLogger("expert_router.gateway")
+
+# Failures where the upstream cannot have started work on the request, because no byte of it was sent:
+# the TCP connect failed or timed out. Only these are retried elsewhere. Anything later (the connection
+# dropped or reset after the request went out, even before the response headers) may come after the
+# expert started the work, so it is a 502 and never silently run twice.
+CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 FORWARD_HEADERS = ("authorization", "x-request-id", "traceparent")
+# ASGI scope extension set by system.edge's protocol: end the connection at once, without the final chunk
+CUT_EXTENSION = "expert_router.cut"
 
 
 class RelayResponse(Response):
@@ -47,7 +53,7 @@ class RelayResponse(Response):
         expert: ExpertState,
         cluster: int,
         policy: str,
-        body: dict[str, Any],
+        body: ParsedBody,
         raw: bytes,
         path: str,
         headers: dict[str, str],
@@ -72,6 +78,7 @@ class RelayResponse(Response):
         self.status = 0
         self.last_io = 0.0  # loop time of the last upstream progress, read by Gateway's read-timeout watchdog
         self.task: asyncio.Task[Any] | None = None
+        self.cut: Any = None  # the server's cut-connection callable, when it offers one
 
     def expire(self) -> None:
         """Called by the watchdog: the upstream has been silent longer than read_timeout_s."""
@@ -84,6 +91,7 @@ class RelayResponse(Response):
         task = asyncio.current_task()
         assert task is not None
         self.task = task
+        self.cut = scope.get("extensions", {}).get(CUT_EXTENSION)
         watcher = asyncio.create_task(self._watch(receive, task))
         gw.active.add(self)
         try:
@@ -124,6 +132,15 @@ class RelayResponse(Response):
             return
         self.status = 504  # stream already started: in-band error, then cut the connection (see _relay)
         await send({"type": "http.response.body", "body": sse_error_event(504, msg), "more_body": True})
+        self._stream_cut(e, "timeout", msg)
+
+    def _stream_cut(self, expert: ExpertState, reason: str, msg: str) -> None:
+        """A stream ended early after its headers went out: count it, one INFO line (the expert's failure
+        is not the gateway's error), and end the client connection without the terminating chunk."""
+        self.gw.metrics.streams_cut.labels(expert.name, reason).inc()
+        log.info("stream cut (%s): %s", reason, msg)
+        if self.cut is not None:
+            self.cut()
 
     async def _post(self, expert: ExpertState) -> Any:
         """Send the request to `expert`; returns once its status line and headers are in."""
@@ -189,10 +206,13 @@ class RelayResponse(Response):
                 expert = self.expert = alt
                 continue
             except aiohttp.ClientError as e:
+                # the request (or part of it) went out: the expert may have started the work
                 expert.outstanding -= 1
                 expert.breaker.record_failure()
-                metrics.upstream_errors.labels(expert.name, "request").inc()
-                await self._error(send, 502, f"expert {expert.name} failed: {e!r}")
+                metrics.upstream_errors.labels(expert.name, "lost").inc()
+                await self._error(
+                    send, 502, f"expert {expert.name} failed after the request was sent to it: {e!r}"
+                )
                 return
             except BaseException:
                 expert.outstanding -= 1
@@ -285,11 +305,15 @@ class RelayResponse(Response):
             expert.breaker.record_failure()
             self.gw.metrics.upstream_errors.labels(expert.name, "broken").inc()
             self.status = 502
-            event = sse_error_event(502, f"expert {expert.name} broke off the stream: {e!r}")
-            await send({"type": "http.response.body", "body": event, "more_body": True})
+            msg = f"expert {expert.name} broke off the stream: {e!r}"
+            await send({"type": "http.response.body", "body": sse_error_event(502, msg), "more_body": True})
+            self._stream_cut(expert, "broken", msg)
             return
         self.done = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+REJECT_REASONS = {413: "too_large", 415: "media_type"}
 
 
 async def handle_completion(gw: Gateway, request: Request, path: str) -> Response:
@@ -299,13 +323,15 @@ async def handle_completion(gw: Gateway, request: Request, path: str) -> Respons
     if gw.in_flight >= lim.max_in_flight:
         gw.metrics.rejected.labels("overloaded").inc()
         return error_response(
-            429,
+            503,
             f"gateway is at its limit of {lim.max_in_flight} requests in flight; retry later",
             headers={"Retry-After": str(lim.retry_after_s)},
         )
     try:
+        check_content_type(request.headers.get("content-type"))
         raw = await read_body(request, lim.max_body_bytes)
-        body = parse_body(raw)
+        parsed = parse_body(raw, max_depth=lim.max_json_depth, max_digits=lim.max_number_digits)
+        body = parsed.obj
         model = body["model"]
         policy = gw.policy
         assert policy is not None
@@ -330,7 +356,7 @@ async def handle_completion(gw: Gateway, request: Request, path: str) -> Respons
                 gw.metrics.rejected.labels("no_expert").inc()
                 return error_response(503, f"expert {model} is unavailable (unhealthy or circuit open)")
     except BadRequest as e:
-        gw.metrics.rejected.labels("too_large" if e.status == 413 else "bad_request").inc()
+        gw.metrics.rejected.labels(REJECT_REASONS.get(e.status, "bad_request")).inc()
         return error_response(e.status, e.message, param=e.param)
     hdrs = request.headers
     fwd = {}
@@ -344,7 +370,7 @@ async def handle_completion(gw: Gateway, request: Request, path: str) -> Respons
         expert=expert,
         cluster=cluster,
         policy=kind,
-        body=body,
+        body=parsed,
         raw=raw,
         path=path,
         headers=fwd,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.requests import ClientDisconnect, Request
 
-# `"model": "<json string>"` anywhere in a body; more than one match (a nested "model" key, or the text inside
-# a string) means the splice in rewrite_model is not safe and the body is re-serialised instead
-_MODEL_MEMBER = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+from system.jsonbody import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_DIGITS,
+    JsonBodyError,
+    JsonObject,
+    loads_object,
+    replace_member,
+)
+
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 
@@ -39,19 +43,38 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
+class ParsedBody(NamedTuple):
+    obj: dict[str, Any]  # the parsed request
+    parsed: JsonObject  # with the positions of its top-level members, for rewrite_model
+
+
+def check_content_type(value: str | None) -> None:
+    """JSON bodies only: `application/json` (any parameters) or a `+json` type. A request without a
+    Content-Type is read as JSON, as the OpenAI API does; anything else is 415."""
+    if value is None:
+        return
+    media = value.split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return
+    raise BadRequest(415, f"Content-Type {media or value!r} is not supported; send application/json")
+
+
+def parse_body(
+    raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, max_digits: int = DEFAULT_MAX_DIGITS
+) -> ParsedBody:
     if not raw:
         raise BadRequest(400, "request body is empty; expected a JSON object")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(400, f"request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise BadRequest(400, f"request body must be a JSON object, got {type(body).__name__}")
+        parsed = loads_object(raw, max_depth=max_depth, max_digits=max_digits)
+    except JsonBodyError as e:
+        raise BadRequest(400, e.message) from None
+    if not isinstance(parsed, JsonObject):
+        raise BadRequest(400, f"request body must be a JSON object, got {type(parsed).__name__}")
+    body = parsed.value
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest(400, "`model` is required: 'auto' to route, or an expert name", "model")
-    return body
+    return ParsedBody(body, parsed)
 
 
 def prompt_text(body: dict[str, Any], path: str, max_chars: int) -> str:
@@ -83,20 +106,11 @@ def prompt_text(body: dict[str, Any], path: str, max_chars: int) -> str:
     return text[:max_chars]
 
 
-def rewrite_model(raw: bytes, body: dict[str, Any], model: str | None) -> bytes:
-    """The request bytes with `model` replaced, when the upstream would not know the client's name for it
-    ("auto", "e0"). Splices the one `"model": "..."` member in place when it is unambiguous (a regex over a
-    few hundred bytes), and re-serialises the parsed body otherwise."""
-    if model is None or body["model"] == model:
+def rewrite_model(raw: bytes, body: ParsedBody, model: str | None) -> bytes:
+    """The request bytes with the top-level `model` replaced, when the upstream would not know the client's
+    name for it ("auto", "e0"). The value is replaced at the position the parser found it (so a nested
+    `model` key, or a key spelled `"\\u006dodel"`, is handled right); everything else is sent unchanged.
+    A duplicated top-level `model` key makes the body re-serialised from the parsed object."""
+    if model is None or body.obj["model"] == model:
         return raw
-    found = _MODEL_MEMBER.findall(raw)
-    if len(found) == 1:
-        try:
-            unambiguous = json.loads(b'"' + found[0] + b'"') == body["model"]
-        except ValueError:
-            unambiguous = False
-        if unambiguous:
-            member = b'"model":' + json.dumps(model).encode()
-            return _MODEL_MEMBER.sub(lambda _m: member, raw, count=1)
-    body = {**body, "model": model}
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return replace_member(raw, body.parsed, "model", model)

@@ -68,7 +68,7 @@ class Gateway:
         connector = aiohttp.TCPConnector(
             limit=lim.upstream_connections,
             limit_per_host=0,
-            keepalive_timeout=30.0,
+            keepalive_timeout=lim.upstream_keepalive_s,
             ttl_dns_cache=None,  # experts are fixed addresses: resolve once
         )
         self.session = aiohttp.ClientSession(

@@ -1,4 +1,4 @@
-"""Experiment YAML models: configurations (routed | single), workload, user steps, Locust, SLOs, telemetry."""
+"""Experiment YAML models: configurations (routed | single), workload, load steps, Locust, SLOs, telemetry."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from system.config import StrictModel, load_yaml_model
 from system.engines.base import EngineSpec
+from system.engines.external import normalize_url
+from system.telemetry.dcgm import DcgmTarget
 
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CLASSIFYING_POLICIES = {"cluster", "cluster_spill"}
 IGNORE_EOS_ENGINES = {"sim", "vllm"}  # engines that accept vLLM's `ignore_eos` request field
+AUTO_RAMP_S = 2.0  # warmup_s auto: closed-loop users all start within this (unless spawn_rate says otherwise)
 
 
 def _slug(v: str, what: str) -> str:
@@ -93,13 +96,29 @@ class ClassifierSpec(StrictModel):
 
 
 class GatewaySpec(StrictModel):
-    """The routing gateway in front of the experts (`expert-router gateway --config ...`)."""
+    """The routing gateway in front of the experts (`expert-router gateway --config ...`), or, with `url`,
+    a gateway that already runs (nothing launched; its experts must then be `external` too)."""
 
     policy: dict[str, Any] = Field(default_factory=dict)  # {kind: cluster|cluster_spill|single|..., options}
     classifier: ClassifierSpec | None = None
     # any other gateway YAML keys (limits, timeouts, ...) passed through unchanged
     extra: dict[str, Any] = Field(default_factory=dict)
     startup_timeout_s: float = Field(default=60.0, gt=0)
+    # an external gateway: its root URL, its Prometheus text, the `model` Locust sends (ours: "auto";
+    # a model-name router such as the vLLM production-stack router wants the served model name)
+    url: str | None = None
+    metrics_url: str | None = None
+    model: str = "auto"
+    health_path: str = "/health"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else normalize_url(v, "gateway url")
+
+    @property
+    def external(self) -> bool:
+        return self.url is not None
 
     @field_validator("policy")
     @classmethod
@@ -108,7 +127,38 @@ class GatewaySpec(StrictModel):
             raise ValueError(
                 "policy needs a string `kind` (cluster, cluster_spill, single, round_robin, ...)"
             )
+        if v:
+            check_policy(v)
         return v
+
+
+def check_policy(policy: dict[str, Any]) -> None:
+    """Fail at load time (validate, --dry-run) on an unknown policy kind or option, not at gateway start."""
+    from system.gateway.config import PolicyConfig
+    from system.gateway.policies import POLICIES
+
+    kind = policy.get("kind")
+    if kind not in POLICIES:
+        raise ValueError(f"unknown gateway policy {kind!r}; known: {', '.join(sorted(POLICIES))}")
+    try:
+        TypeAdapter(PolicyConfig).validate_python(policy)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'policy'}: {err['msg']}" for err in e.errors()
+        )
+        raise ValueError(f"gateway policy {kind!r}: {problems}") from None
+
+
+def check_sim_profile(profile: str) -> None:
+    """An unknown sim profile (name or JSON file) fails at load time with the profile loader's message."""
+    from system.engines.sim.profilefiles import resolve_profile
+
+    try:
+        resolve_profile(profile)
+    except Exception as e:  # UnknownProfileError (a KeyError), a missing or malformed JSON file
+        text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+        msg = (text.splitlines() or [type(e).__name__])[0]
+        raise ValueError(msg if profile in msg else f"sim profile {profile!r}: {msg}") from None
 
 
 class ExpertSpec(StrictModel):
@@ -119,6 +169,12 @@ class ExpertSpec(StrictModel):
     @classmethod
     def _name(cls, v: str) -> str:
         return _slug(v, "expert name")
+
+    @model_validator(mode="after")
+    def _known_profile(self) -> ExpertSpec:
+        if self.engine.kind == "sim":
+            check_sim_profile(self.engine.profile)  # type: ignore[union-attr]
+        return self
 
 
 class Configuration(StrictModel):
@@ -133,6 +189,8 @@ class Configuration(StrictModel):
     # several experts on one GPU (each engine capping its own memory share, e.g. transformers serve
     # --cb-max-memory-percent or vLLM --gpu-memory-utilization); off by default so a typo'd id fails loudly
     share_gpus: bool = False
+    # DCGM exporters whose GPUs this configuration uses (cluster GPU telemetry into gpu.csv, source "dcgm")
+    dcgm: list[DcgmTarget] = Field(default_factory=list)
     description: str = ""
 
     @field_validator("name")
@@ -151,7 +209,22 @@ class Configuration(StrictModel):
             )
         if self.topology == "routed" and not self.via_gateway:
             raise ValueError(f"routed topology {self.name!r} needs the gateway (via_gateway: true)")
-        if not self.gateway.policy:
+        if self.gateway.external:
+            if not self.via_gateway:
+                raise ValueError(f"{self.name!r}: gateway.url is set but via_gateway is false")
+            local = [e.name for e in self.experts if e.engine.kind != "external"]
+            if local:
+                # a running gateway cannot be told about servers the harness starts on this host
+                raise ValueError(
+                    f"{self.name!r}: gateway.url points at a running gateway, so its experts must be "
+                    f"engine kind `external` too; launched here: {local}"
+                )
+            if self.gateway.policy or self.gateway.classifier is not None or self.gateway.extra:
+                raise ValueError(
+                    f"{self.name!r}: policy/classifier/extra configure a gateway the harness launches; "
+                    "with gateway.url they belong to the running gateway's own config"
+                )
+        elif not self.gateway.policy:
             kind = "cluster" if self.topology == "routed" else "single"
             self.gateway.policy = {"kind": kind}
         if self.needs_classifier and self.gateway.classifier is None:
@@ -167,7 +240,10 @@ class Configuration(StrictModel):
     @property
     def accepts_ignore_eos(self) -> bool:
         """Whether every engine takes vLLM's `ignore_eos` (sim and vLLM do; transformers serve rejects it)."""
-        return all(e.engine.kind in IGNORE_EOS_ENGINES for e in self.experts)
+        return all(
+            e.engine.ignore_eos if e.engine.kind == "external" else e.engine.kind in IGNORE_EOS_ENGINES
+            for e in self.experts
+        )
 
     @property
     def uses_gateway(self) -> bool:
@@ -175,7 +251,11 @@ class Configuration(StrictModel):
 
     @property
     def needs_classifier(self) -> bool:
-        return self.uses_gateway and self.gateway.policy.get("kind") in CLASSIFYING_POLICIES
+        return (
+            self.uses_gateway
+            and not self.gateway.external
+            and self.gateway.policy.get("kind") in CLASSIFYING_POLICIES
+        )
 
 
 class TelemetrySpec(StrictModel):
@@ -185,6 +265,66 @@ class TelemetrySpec(StrictModel):
     scrape_timeout_s: float = Field(default=0.8, gt=0)
     # histogram `_bucket` (and `_created`) samples are most of /metrics; off by default, `_sum`/`_count` stay
     keep_histogram_buckets: bool = False
+    # DCGM exporters scraped for every configuration (added to each configuration's own `dcgm` list); when
+    # any is set, gpu.csv holds their GPUs (source "dcgm") instead of this host's NVML GPUs
+    dcgm: list[DcgmTarget] = Field(default_factory=list)
+
+
+def _positive_distinct(v: list[Any], what: str) -> list[Any]:
+    if any(x <= 0 for x in v) or len(set(v)) != len(v):
+        raise ValueError(f"{what} must be distinct positive numbers, got {v}")
+    return v
+
+
+class UsersLoad(StrictModel):
+    """Closed loop: each step holds N concurrent users (each sends its next request when one ends)."""
+
+    kind: Literal["users"] = "users"
+    users: list[int] = Field(min_length=1)
+
+    @field_validator("users")
+    @classmethod
+    def _users(cls, v: list[int]) -> list[int]:
+        return _positive_distinct(v, "users")
+
+
+class RateLoad(StrictModel):
+    """Open loop: each step sends requests at R/s from one seeded Poisson (or gamma) arrival schedule."""
+
+    kind: Literal["rate"]
+    rates: list[float] = Field(min_length=1)  # requests/s
+    max_concurrency: int | None = Field(default=None, ge=1)  # cap on requests in flight (late arrivals)
+    burstiness: float = Field(default=1.0, gt=0)  # gamma shape: 1 = Poisson, < 1 burstier
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, v: list[float]) -> list[float]:
+        return _positive_distinct(v, "rates")
+
+
+class SweepStop(StrictModel):
+    """Optional early stop of a sweep's interpolated rates (both off by default: all K rates run)."""
+
+    # saturated: throughput grew by less than this fraction of the offered-load increase since the last rate
+    plateau: float | None = Field(default=None, gt=0, le=1)
+    # SLO broken: fewer than this fraction of the finished requests met every configured SLO
+    slo_attainment: float | None = Field(default=None, gt=0, le=1)
+
+
+class SweepLoad(StrictModel):
+    """Saturation search per configuration, GuideLLM-style: a synchronous step (one user), a maximum-
+    throughput probe, then `rates` open-loop rates evenly spaced between the two measured request rates."""
+
+    kind: Literal["sweep"]
+    rates: int = Field(default=5, ge=1)  # K interpolated rates
+    throughput_users: int = Field(default=256, ge=2)  # closed-loop probe at this concurrency ...
+    throughput_rate: float | None = Field(default=None, gt=0)  # ... or an open-loop probe at this rate
+    max_concurrency: int | None = Field(default=None, ge=1)  # for the rate steps
+    burstiness: float = Field(default=1.0, gt=0)
+    stop: SweepStop = Field(default_factory=SweepStop)
+
+
+LoadSpec = Annotated[UsersLoad | RateLoad | SweepLoad, Field(discriminator="kind")]
 
 
 class ExperimentConfig(StrictModel):
@@ -194,10 +334,14 @@ class ExperimentConfig(StrictModel):
     description: str = ""
     seed: int = 0
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
-    users: list[int] = Field(min_length=1)
+    # the load steps: `load: {kind: users|rate|sweep, ...}`; `users: [...]` is short for kind users
+    load: LoadSpec
     step_duration_s: float = Field(gt=0)
-    warmup_s: float = Field(default=0.0, ge=0)
+    # records ending in the first warmup_s of a step are not measured; "auto": per step, the larger of the
+    # users' spawn ramp and the step's median E2E (capped at half the step; see docs/EXPERIMENTS.md)
+    warmup_s: float | Literal["auto"] = Field(default="auto")
     # users spawned per second: one number, a {users: rate} map, or unset = all users within half the warm-up
+    # (within AUTO_RAMP_S with warmup_s auto)
     spawn_rate: float | dict[int, float] | None = None
     cooldown_s: float = Field(default=2.0, ge=0)  # idle gap between steps so queues drain
     repetitions: int = Field(default=1, ge=1)
@@ -211,22 +355,35 @@ class ExperimentConfig(StrictModel):
     def _name(cls, v: str) -> str:
         return _slug(v, "experiment name")
 
-    @field_validator("users")
+    @model_validator(mode="before")
     @classmethod
-    def _users(cls, v: list[int]) -> list[int]:
-        if any(u < 1 for u in v) or len(set(v)) != len(v):
-            raise ValueError(f"users must be distinct positive integers, got {v}")
-        return v
+    def _users_shorthand(cls, data: Any) -> Any:
+        # today's `users: [...]` is `load: {kind: users, users: [...]}`
+        if isinstance(data, dict) and "users" in data and data["users"] is None:
+            data = {k: v for k, v in data.items() if k != "users"}
+        if isinstance(data, dict) and "users" in data:
+            if "load" in data:
+                raise ValueError("give either `users: [...]` or `load: {...}`, not both")
+            data = dict(data)
+            data["load"] = {"kind": "users", "users": data.pop("users")}
+        return data
+
+    @property
+    def users(self) -> list[int] | None:
+        """The closed-loop user counts of a `users` load (None for rate and sweep loads)."""
+        return list(self.load.users) if isinstance(self.load, UsersLoad) else None
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
-        if self.warmup_s >= self.step_duration_s:
+        if self.warmup_s != "auto" and self.warmup_s < 0:
+            raise ValueError(f"warmup_s must be >= 0 or 'auto', got {self.warmup_s}")
+        if self.warmup_s != "auto" and self.warmup_s >= self.step_duration_s:
             raise ValueError(f"warmup_s ({self.warmup_s}) must be shorter than step_duration_s")
         names = [c.name for c in self.configurations]
         if len(set(names)) != len(names):
             raise ValueError(f"configuration names must be unique: {names}")
         if isinstance(self.spawn_rate, dict):
-            missing = [u for u in self.users if u not in self.spawn_rate]
+            missing = [u for u in self.closed_loop_users if u not in self.spawn_rate]
             if missing:
                 raise ValueError(f"spawn_rate map has no rate for users {missing}")
             if any(r <= 0 for r in self.spawn_rate.values()):
@@ -235,11 +392,23 @@ class ExperimentConfig(StrictModel):
             raise ValueError("spawn_rate must be > 0")
         return self
 
+    @property
+    def closed_loop_users(self) -> list[int]:
+        """Every closed-loop user count the load can run (a sweep's synchronous and throughput probes)."""
+        load = self.load
+        if isinstance(load, UsersLoad):
+            return list(load.users)
+        if isinstance(load, SweepLoad):
+            return [1] + ([load.throughput_users] if load.throughput_rate is None else [])
+        return []
+
     def spawn_rate_for(self, users: int) -> float:
         if isinstance(self.spawn_rate, dict):
-            return float(self.spawn_rate[users])
+            return float(self.spawn_rate.get(users, max(1.0, users / AUTO_RAMP_S)))
         if self.spawn_rate is not None:
             return float(self.spawn_rate)
+        if self.warmup_s == "auto":
+            return float(max(1.0, users / AUTO_RAMP_S))
         # everyone is in before the measured window starts
         return float(max(1.0, users / max(self.warmup_s / 2, 0.5)))
 
@@ -254,13 +423,19 @@ class ExperimentConfig(StrictModel):
 
     def resolved(self) -> dict[str, Any]:
         """The fully defaulted config as plain JSON data (what the manifest records)."""
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if self.users is not None:
+            data["users"] = self.users  # readers of manifests written before `load` existed
+        return data
 
     def fingerprint(self) -> str:
         """Hash of the resolved config minus the sweep lists, to detect a changed config on resume."""
         data = self.resolved()
         for key in ("users", "repetitions", "configurations", "description"):
             data.pop(key, None)
+        load = data.get("load") or {}
+        if load.get("kind") in ("users", "rate"):  # the step lists may grow on resume
+            load.pop(load["kind"] if load["kind"] == "users" else "rates", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

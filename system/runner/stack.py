@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from system.engines.base import LOOPBACK, LaunchSpec, build_launch, engine_process
+from system.engines.external import discover, wait_ready
 from system.processes import ServerProcess, ServerStartError, free_port, tail
 from system.runner.config import Configuration
 
@@ -33,6 +34,7 @@ class PlannedServer:
     role: str  # "expert" | "gateway"
     port: int
     launch: LaunchSpec
+    hosted_by: str | None = None  # a co-located sim expert served by another expert's sim process
 
 
 def expert_seed(base_seed: int, index: int) -> int:
@@ -71,7 +73,22 @@ def plan_stack(
     for i, e in enumerate(conf.experts):
         launch = build_launch(e.engine, name=e.name, port=ports[i], host=host, seed=expert_seed(seed, i))
         out.append(PlannedServer(e.name, "expert", ports[i], launch))
-    if conf.uses_gateway:
+    colocate_sims(conf, out)
+    if conf.uses_gateway and conf.gateway.external:
+        gw = conf.gateway
+        assert gw.url is not None
+        launch = LaunchSpec(
+            cmd=[],
+            env={},
+            health_url=f"{gw.url}{gw.health_path or '/v1/models'}",
+            base_url=gw.url,
+            metrics_url=gw.metrics_url,
+            served_model=gw.model,
+            startup_timeout_s=gw.startup_timeout_s,
+            external=True,
+        )
+        out.append(PlannedServer(GATEWAY_NAME, "gateway", 0, launch))
+    elif conf.uses_gateway:
         port = ports[len(conf.experts)]
         base = f"http://{host}:{port}"
         cfg_path = str(gateway_config_path) if gateway_config_path else "<run-dir>/gateway.yaml"
@@ -88,6 +105,24 @@ def plan_stack(
         )
         out.append(PlannedServer(GATEWAY_NAME, "gateway", port, launch))
     return out
+
+
+def colocate_sims(conf: Configuration, experts: list[PlannedServer]) -> None:
+    """With share_gpus, sim experts given the same simulated GPU run in one sim process (one shared GPU
+    clock): the first of each group hosts the others (`sim --colocate`), which get no process of their own."""
+    if not conf.share_gpus:
+        return
+    groups: dict[int, list[int]] = {}
+    for i, e in enumerate(conf.experts):
+        if e.engine.kind == "sim" and e.engine.gpus:
+            groups.setdefault(e.engine.gpus[0], []).append(i)
+    for idxs in groups.values():
+        host = experts[idxs[0]]
+        for j in idxs[1:]:
+            member, spec = experts[j], conf.experts[j].engine
+            frac = f":{spec.memory_fraction}" if spec.memory_fraction is not None else ""
+            host.launch.cmd += ["--colocate", f"{member.name}={spec.profile}@{member.port}{frac}"]
+            member.hosted_by = host.name
 
 
 def _healthy(url: str) -> bool:
@@ -195,6 +230,8 @@ class Stack:
         self.procs: dict[str, ServerProcess] = {}
         self.started_ts = float("nan")
         self.stale_killed: list[int] = []
+        # name -> what each external server said about itself (models, version): goes into the manifest
+        self.endpoints: dict[str, dict[str, Any]] = {}
 
     @property
     def log_dir(self) -> Path:
@@ -250,6 +287,8 @@ class Stack:
             # N vLLM engines load their weights concurrently instead of one after another.
             waits = []
             for p in experts:
+                if p.hosted_by is not None or p.launch.external:  # hosted: wait for its port below
+                    continue
                 sp = engine_process(p.launch, name=p.name, log_dir=self.log_dir)
                 sp.health_url = None
                 self.procs[p.name] = sp
@@ -257,11 +296,17 @@ class Stack:
                 self._record_servers()
                 sp.health_url = p.launch.health_url
                 waits.append((sp, p.launch.health_url, p.launch.startup_timeout_s))
+            for p in experts:
+                if p.hosted_by is not None:
+                    waits.append((self.procs[p.hosted_by], p.launch.health_url, p.launch.startup_timeout_s))
             wait_all_healthy(waits)
+            self._probe_external([p for p in experts if p.launch.external])
             for p, e in zip(experts, self.conf.experts, strict=True):
                 warm_up(p.launch, e.engine.warmup_requests)
             gw = [p for p in self.planned if p.role == "gateway"]
-            if gw:
+            if gw and gw[0].launch.external:
+                self._probe_external(gw)
+            elif gw:
                 cfg = gateway_config(self.conf, experts, self.classifier_dir)
                 self.gateway_config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
                 sp = engine_process(gw[0].launch, name=GATEWAY_NAME, log_dir=self.log_dir)
@@ -276,6 +321,20 @@ class Stack:
             raise
         self.started_ts = time.time()
         return self
+
+    def _probe_external(self, servers: list[PlannedServer]) -> None:
+        """Wait until every external server answers its health URL, then record its models and version and
+        fill in the served model it was not given (ExternalNotReady, a ServerStartError, says why not)."""
+        if not servers:
+            return
+        wait_ready({p.name: (p.launch.health_url, p.launch.startup_timeout_s) for p in servers})
+        for p in servers:
+            given = p.launch.served_model or None
+            info = discover(p.name, p.role, p.launch.base_url, model=given)
+            info["metrics_url"] = p.launch.metrics_url
+            info["health_url"] = p.launch.health_url
+            p.launch.served_model = info["served_model"]
+            self.endpoints[p.name] = info
 
     def stop(self) -> None:
         groups = [sp.pid for sp in self.procs.values() if sp.proc is not None]
@@ -301,13 +360,22 @@ class Stack:
 
     @property
     def target_model(self) -> str:
-        return "auto" if self.conf.uses_gateway else self._server("expert").launch.served_model
+        return self._server("gateway" if self.conf.uses_gateway else "expert").launch.served_model
 
     def metrics_targets(self) -> dict[str, str]:
         return {p.name: p.launch.metrics_url for p in self.planned if p.launch.metrics_url}
 
     def pids(self) -> dict[str, int]:
         return {name: sp.pid for name, sp in self.procs.items() if sp.proc is not None}
+
+    def sim_gpu_urls(self) -> list[str]:
+        """One base URL per sim process (each simulates one GPU, shared by its co-located experts)."""
+        kinds = {e.name: e.engine.kind for e in self.conf.experts}
+        return [
+            p.launch.base_url
+            for p in self.planned
+            if p.role == "expert" and kinds.get(p.name) == "sim" and p.hosted_by is None
+        ]
 
     def gpus(self) -> list[int]:
         return sorted({g for p in self.planned for g in p.launch.gpus})
@@ -328,6 +396,11 @@ class Stack:
                 {"name": p.name, "role": p.role, "url": p.launch.base_url, "pid": self.procs[p.name].pid}
                 for p in self.planned
                 if p.name in self.procs and self.procs[p.name].proc is not None
+            ]
+            + [
+                {"name": p.name, "role": p.role, "url": p.launch.base_url, "pid": None, "external": True}
+                for p in self.planned
+                if p.launch.external
             ],
         }
 

@@ -1,4 +1,4 @@
-"""One measured step: samplers on, Locust at constant users for the step, samplers off, step.json."""
+"""One measured step: samplers on, Locust (closed-loop users or an open-loop rate) for the step, step.json."""
 
 from __future__ import annotations
 
@@ -15,27 +15,80 @@ from pathlib import Path
 from typing import Any
 
 from system.records import read_records, record_files
-from system.runner.config import Configuration, ExperimentConfig
+from system.runner.config import AUTO_RAMP_S, Configuration, ExperimentConfig
 from system.runner.manifest import write_json_atomic
-from system.telemetry.nvml import GpuSampler
+from system.runner.stepstats import median_e2e_s, step_figures
+from system.telemetry.dcgm import gpu_sampler
 from system.telemetry.procs import ProcessSampler
 from system.telemetry.prometheus import PrometheusScraper
+from system.telemetry.simgpu import SimGpuSampler
 
 # run_locust(host, users, spawn_rate, run_time_s, records_dir, *, workload, shape, processes, extra_args,
-#            log_path, env) from system.bench._locust, or a stand-in with that signature (tests)
+#            log_path, env[, open_loop]) from system.runner.locust, or a stand-in with that signature (tests);
+# open_loop is passed only for rate steps
 LocustFn = Callable[..., Any]
 STEP_FILE = "step.json"
 # Locust exits 1 when some requests failed: under overload that is a result, not a broken step
 LOCUST_OK_CODES = (0, 1)
+# an auto warm-up never takes more than this share of the step (the step is flagged `warmup_capped`)
+AUTO_WARMUP_MAX_SHARE = 0.5
+LATE_SHARE_FLAG = 0.05  # open loop: flag a step when more than 5 % of its arrivals left late
+
+
+def rate_label(rate: float) -> str:
+    """A rate as it appears in directory names (contract: format(R, "g"))."""
+    return format(float(rate), "g")
 
 
 @dataclass(frozen=True)
 class StepPlan:
     config: str
     topology: str
-    users: int
+    load_kind: str  # "users" | "rate"
+    load: float  # users, or requests/s
     rep: int
     dir: Path
+    max_concurrency: int | None = None
+    burstiness: float = 1.0
+    sweep_phase: str | None = None  # "synchronous" | "throughput" | "interpolated" | None
+
+    @property
+    def users(self) -> int | None:
+        return int(self.load) if self.load_kind == "users" else None
+
+    @property
+    def rate(self) -> float | None:
+        return float(self.load) if self.load_kind == "rate" else None
+
+    @property
+    def label(self) -> str:
+        """`users=N` or `rate=R`: the step's directory name under its configuration."""
+        return f"users={int(self.load)}" if self.load_kind == "users" else f"rate={rate_label(self.load)}"
+
+
+def step_plan(
+    conf: Configuration,
+    run_dir: Path,
+    load_kind: str,
+    load: float,
+    rep: int,
+    *,
+    max_concurrency: int | None = None,
+    burstiness: float = 1.0,
+    sweep_phase: str | None = None,
+) -> StepPlan:
+    probe = StepPlan(conf.name, conf.topology, load_kind, float(load), rep, Path())
+    return StepPlan(
+        conf.name,
+        conf.topology,
+        load_kind,
+        float(load),
+        rep,
+        run_dir / conf.name / probe.label / f"rep={rep}",
+        max_concurrency=max_concurrency if load_kind == "rate" else None,
+        burstiness=burstiness if load_kind == "rate" else 1.0,
+        sweep_phase=sweep_phase,
+    )
 
 
 @dataclass
@@ -125,18 +178,109 @@ def _returncode(result: Any) -> int | None:
 
 
 def summarize_records(records_dir: Path) -> dict[str, Any]:
-    files = record_files(records_dir)
-    df = read_records(files)
+    return summarize_frame(read_records(record_files(records_dir)), len(record_files(records_dir)))
+
+
+def summarize_frame(df: Any, files: int) -> dict[str, Any]:
     if len(df) == 0:
-        return {"requests": 0, "successes": 0, "errors": 0, "record_files": len(files)}
+        return {"requests": 0, "successes": 0, "errors": 0, "cut": 0, "record_files": files}
     return {
         "requests": len(df),
-        "successes": int(df["success"].sum()),
-        "errors": int((~df["success"]).sum()),
-        "record_files": len(files),
+        "successes": int((df["outcome"] == "ok").sum()),
+        "errors": int((df["outcome"] == "error").sum()),
+        "cut": int((df["outcome"] == "cut").sum()),
+        "record_files": files,
         "first_start_ts": float(df["start_ts"].min()),
         "last_end_ts": float(df["end_ts"].max()),
     }
+
+
+def aggregate_arrivals(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The open-loop reports of every Locust process as one: what the schedule asked and what was sent."""
+    if not reports:
+        return None
+
+    def total(key: str) -> int:
+        return int(sum(int(r.get(key, 0) or 0) for r in reports))
+
+    elapsed = max(float(r.get("elapsed_s", 0.0) or 0.0) for r in reports)
+    sent = total("sent")
+    p99 = [float(r["lateness_p99_ms"]) for r in reports if _finite(r.get("lateness_p99_ms"))]
+    return {
+        "target_rate_rps": float(reports[0].get("target_rate_rps", math.nan)),
+        "achieved_rate_rps": sent / elapsed if elapsed > 0 else math.nan,
+        "schedule_s": elapsed,
+        "workers": len(reports),
+        "due": total("due"),
+        "sent": sent,
+        "dropped": total("dropped"),
+        "cut": total("cut"),
+        "late_concurrency": total("late_concurrency"),
+        "late_client": total("late_client"),
+        "late_ms_threshold": float(reports[0].get("late_ms_threshold", math.nan)),
+        "lateness_p99_ms": max(p99) if p99 else math.nan,
+        "max_in_flight": total("max_in_flight"),
+    }
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+def effective_warmup(cfg: ExperimentConfig, step: StepPlan, spawn_rate: float, median_e2e: float) -> dict:
+    """warmup_s of this step: the configured number, or "auto" = max(spawn ramp, median E2E), capped."""
+    ramp = (step.load / spawn_rate) if step.load_kind == "users" else 0.0
+    flags: list[str] = []
+    if cfg.warmup_s != "auto":
+        w = float(cfg.warmup_s)
+        if _finite(median_e2e) and w < median_e2e:
+            flags.append("warmup_below_median_e2e")
+        return {"warmup_s": w, "warmup_source": "config", "warmup_flags": flags}
+    w = max(ramp, median_e2e if _finite(median_e2e) else 0.0)
+    cap = AUTO_WARMUP_MAX_SHARE * cfg.step_duration_s
+    if w > cap:
+        w = cap
+        flags.append("warmup_capped")
+    return {"warmup_s": w, "warmup_source": "auto", "warmup_flags": flags}
+
+
+def load_flags(arrivals: dict[str, Any] | None) -> list[str]:
+    """Open-loop problems of a step: arrivals never sent, or sent late (by the cap or a starved client)."""
+    if not arrivals:
+        return []
+    flags = []
+    sent = max(int(arrivals["sent"]), 1)
+    if arrivals["dropped"] > 1:  # one arrival due at the very moment the step stopped is a race, not a drop
+        flags.append("arrivals_dropped")
+    if arrivals["late_concurrency"] > LATE_SHARE_FLAG * sent:
+        flags.append("arrivals_late_concurrency")
+    if arrivals["late_client"] > LATE_SHARE_FLAG * sent:
+        flags.append("arrivals_late_client")
+    return flags
+
+
+def progress_line(step: StepPlan, info: dict[str, Any]) -> str:
+    """One short line per finished step for the console."""
+    parts = [f"[{step.config}] {step.label} rep={step.rep}"]
+    if step.sweep_phase:
+        parts[0] += f" ({step.sweep_phase})"
+    if info.get("status") != "ok":
+        return f"{parts[0]}: FAILED: {info.get('message', '')}"
+    fig = info.get("figures", {})
+    parts.append(
+        f"{info.get('requests', 0)} req ({info.get('errors', 0)} err, {info.get('cut', 0)} cut), "
+        f"{fig.get('req_per_s', math.nan):.2f} req/s, {fig.get('tok_per_s', math.nan):.0f} tok/s"
+    )
+    if _finite(fig.get("ttft_p50_ms")):
+        parts.append(f"TTFT p50 {fig['ttft_p50_ms']:.0f} ms")
+    arr = info.get("arrivals")
+    if arr:
+        parts.append(f"sent {arr['achieved_rate_rps']:.2f}/s of {arr['target_rate_rps']:g}/s")
+    parts.append(f"warm-up {info.get('warmup_s', 0.0):.1f} s")
+    flags = info.get("load_flags") or []
+    if flags:
+        parts.append("FLAGS " + ",".join(flags))
+    return ": ".join(parts[:2]) + (", " + ", ".join(parts[2:]) if len(parts) > 2 else "")
 
 
 def run_step(ctx: StepContext, step: StepPlan) -> dict[str, Any]:
@@ -154,17 +298,28 @@ def run_step(ctx: StepContext, step: StepPlan) -> dict[str, Any]:
             tele.scrape_timeout_s,
             drop_suffixes=() if tele.keep_histogram_buckets else ("_bucket", "_created"),
         ),
-        GpuSampler(step.dir / "gpu.csv", tele.gpu_interval_s, indices=stack.gpus() or None),
+        # sim stacks: the simulated GPUs (source "sim"); otherwise NVML here, or DCGM exporters of a cluster
+        SimGpuSampler(step.dir / "gpu.csv", stack.sim_gpu_urls(), tele.gpu_interval_s)
+        if stack.sim_gpu_urls() and not stack.gpus()
+        else gpu_sampler(step.dir / "gpu.csv", tele, stack),
         ProcessSampler(step.dir / "procs.csv", stack.pids, tele.procs_interval_s),
     ]
-    spawn_rate = cfg.spawn_rate_for(step.users)
+    closed = step.load_kind == "users"
+    spawn_rate = cfg.spawn_rate_for(int(step.load)) if closed else None
     workload, extra = locust_arguments(cfg, stack.target_model, step.rep, stack.conf.accepts_ignore_eos)
     info: dict[str, Any] = {
         "config": step.config,
         "topology": step.topology,
+        "load_kind": step.load_kind,
+        "load": step.load,
         "users": step.users,
+        "request_rate": step.rate,
+        "max_concurrency": step.max_concurrency,
+        "burstiness": step.burstiness,
+        "sweep_phase": step.sweep_phase,
         "rep": step.rep,
-        "warmup_s": cfg.warmup_s,
+        "warmup_s": None,  # set below, once the step's median E2E is known (warmup_s auto)
+        "warmup_config": cfg.warmup_s,
         "step_duration_s": cfg.step_duration_s,
         "spawn_rate": spawn_rate,
         "target_url": stack.target_url,
@@ -173,14 +328,20 @@ def run_step(ctx: StepContext, step: StepPlan) -> dict[str, Any]:
     }
     message = ""
     rc: int | None = None
+    result: Any = None
+    kwargs: dict[str, Any] = {}
+    if not closed:
+        from system.runner.locust import OpenLoop
+
+        kwargs["open_loop"] = OpenLoop(step.load, step.max_concurrency, step.burstiness)
     for s in samplers:
         s.start()
     launch_ts = time.time()
     try:
         result = ctx.locust_fn(
             stack.target_url,
-            step.users,
-            spawn_rate,
+            int(step.load) if closed else cfg.locust.processes,
+            spawn_rate if closed else float(cfg.locust.processes),
             cfg.step_duration_s,
             records,
             workload=workload,
@@ -189,6 +350,7 @@ def run_step(ctx: StepContext, step: StepPlan) -> dict[str, Any]:
             extra_args=extra,
             log_path=step.dir / "locust.log",
             env=dict(cfg.locust.env) or None,
+            **kwargs,
         )
         rc = _returncode(result)
         if getattr(result, "timed_out", False):
@@ -208,19 +370,29 @@ def run_step(ctx: StepContext, step: StepPlan) -> dict[str, Any]:
         type(s).__name__: {"rows": s.rows_written, "errors": s.errors, "last_error": s.last_error}
         for s in samplers
     }
-    rec = summarize_records(records)
+    files = record_files(records)
+    df = read_records(files)
+    rec = summarize_frame(df, len(files))
     info.update(rec)
     # measurement window: from the first request sent (Locust's start-up is not load) to the end of the
-    # configured duration; Locust's shutdown (cancelling in-flight requests) is outside it
+    # configured duration; Locust's shutdown (cutting in-flight requests) is outside it
     start_ts = rec.get("first_start_ts", launch_ts)
     if not isinstance(start_ts, float) or math.isnan(start_ts):
         start_ts = launch_ts
-    info.update(
-        launch_ts=launch_ts,
-        returned_ts=returned_ts,
-        start_ts=start_ts,
-        end_ts=min(returned_ts, start_ts + cfg.step_duration_s),
-    )
+    end_ts = min(returned_ts, start_ts + cfg.step_duration_s)
+    info.update(launch_ts=launch_ts, returned_ts=returned_ts, start_ts=start_ts, end_ts=end_ts)
+    med = median_e2e_s(df)
+    warm = effective_warmup(cfg, step, spawn_rate or AUTO_RAMP_S, med)
+    info["median_e2e_s"] = med if _finite(med) else None
+    info["warmup_s"] = warm["warmup_s"]
+    info["warmup_source"] = warm["warmup_source"]
+    from system.runner.locust import read_arrivals
+
+    arrivals = aggregate_arrivals(getattr(result, "arrivals", None) or read_arrivals(records))
+    info["arrivals"] = arrivals
+    info["load_flags"] = warm["warmup_flags"] + load_flags(arrivals)
+    slos = cfg.slos.model_dump()
+    info["figures"] = step_figures(df, (start_ts + warm["warmup_s"], end_ts), slos)
     dead = stack.dead()
     if not message and dead:
         message = "server(s) died during the step: " + "; ".join(f"{n}: {t}" for n, t in dead.items())
@@ -228,5 +400,16 @@ def run_step(ctx: StepContext, step: StepPlan) -> dict[str, Any]:
         message = f"no request records were written (see {step.dir / 'locust.log'})"
     info["status"] = "failed" if message else "ok"
     info["message"] = message
-    write_json_atomic(step.dir / "step.json", info)  # last: marks the step complete
+    write_json_atomic(step.dir / "step.json", _json_safe(info))  # last: marks the step complete
     return info
+
+
+def _json_safe(v: Any) -> Any:
+    """NaN/inf become null: step.json stays strict JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_safe(x) for x in v]
+    return v

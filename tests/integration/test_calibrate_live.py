@@ -11,7 +11,7 @@ import pytest
 from system.engines.sim.launch import sim_process
 from system.engines.sim.profilefiles import save_profile
 from system.engines.sim.profiles import get_profile
-from system.engines.sim.replaycheck import compare_live
+from system.calibration.replaycheck import compare_live
 
 
 def _post(url: str, body: dict) -> dict:  # type: ignore[type-arg]

@@ -17,7 +17,8 @@ import yaml
 from system.records import read_records, record_files
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE = Path(__file__).resolve().parent / "fake_vllm.py"
+# the one fake upstream, in its vLLM stand-in mode (`... serve MODEL --port P`)
+FAKE = [sys.executable, "-m", "system.bench.fake_upstream"]
 CLI = [sys.executable, "-m", "system.cli", "experiment"]
 
 
@@ -118,11 +119,13 @@ def test_mini_experiment_on_sims_survives_a_crash_and_resumes(tmp_path: Path) ->
         for users in (2, 4):
             step = _step(run, conf, users)
             assert step["status"] == "ok" and step["requests"] > 0 and step["errors"] == 0
+            assert step["load_kind"] == "users" and step["load"] == users and step["sweep_phase"] is None
             assert step["end_ts"] - step["start_ts"] == pytest.approx(3, abs=1.0)
             d = run / conf / f"users={users}" / "rep=0"
             recs = read_records(record_files(d / "records"))
-            assert set(recs["expert"]) <= experts and recs["success"].all()
-            assert (recs["ttft_s"] <= recs["e2e_s"]).all()
+            assert set(recs["expert"]) <= experts
+            assert (recs["success"] == (recs["outcome"] == "ok")).all() and recs["outcome"].ne("error").all()
+            assert ((recs["ttft_s"] <= recs["e2e_s"]) | recs["ttft_s"].isna()).all()
             metrics = (d / "metrics.csv").read_text()
             assert ",gateway,router_" in metrics  # both arms go through the gateway
             assert all(f",{e},vllm:num_requests_running," in metrics for e in experts)
@@ -154,7 +157,7 @@ def test_routed_vllm_stand_ins_behind_the_gateway(tmp_path: Path) -> None:
             "model": "org/model-8b",
             "gpus": [i],
             "max_num_seqs": 64,
-            "executable": [sys.executable, str(FAKE)],
+            "executable": FAKE,
             "env": {"FAKE_VLLM_RECORD": str(rec).format(i)},
             "startup_timeout_s": 30,
         }
@@ -186,7 +189,7 @@ def test_routed_vllm_stand_ins_behind_the_gateway(tmp_path: Path) -> None:
         assert argv[argv.index("--served-model-name") + 1] == f"v{i}"
         assert argv[argv.index("--max-num-seqs") + 1] == "64"
     step = _step(run, "vllm", 3)
-    assert step["status"] == "ok" and step["successes"] == step["requests"] > 0
+    assert step["status"] == "ok" and step["successes"] == step["requests"] - step["cut"] > 0
     recs = read_records(record_files(run / "vllm"))
     assert set(recs["expert"]) == {"v0", "v1"}  # round robin reached both stand-ins
     assert (recs["output_tokens"] > 0).all()

@@ -50,6 +50,9 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
         yield ports
 
 
+JSON = {"content-type": "application/json"}
+
+
 def chat(text: str, model: str = "auto", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
 
@@ -57,7 +60,8 @@ def chat(text: str, model: str = "auto", **extra: Any) -> dict[str, Any]:
 async def upstream_running(port: int) -> int:
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
         text = await r.text()
-    return int(float(text.split("vllm:num_requests_running ")[1].split()[0]))
+    line = next(ln for ln in text.splitlines() if ln.startswith("vllm:num_requests_running"))
+    return int(float(line.rsplit(" ", 1)[1]))
 
 
 async def wait_running_zero(ports: list[int], within_s: float) -> float:
@@ -146,7 +150,7 @@ async def test_bad_requests_get_openai_errors(
 ) -> None:
     cfg = make_cfg(shared, limits={"max_body_bytes": 4096})
     async with gateway_in_process(cfg, KeywordClassifier()) as url, aiohttp.ClientSession() as s:
-        async with s.post(url + "/v1/chat/completions", data=data) as r:
+        async with s.post(url + "/v1/chat/completions", data=data, headers=JSON) as r:
             assert r.status == status
             err = (await r.json())["error"]
             assert fragment in err["message"] and err["code"] == status and "type" in err
@@ -156,7 +160,7 @@ async def test_bad_requests_get_openai_errors(
             for _ in range(10):
                 yield b"x" * 1000
 
-        async with s.post(url + "/v1/chat/completions", data=gen()) as r:
+        async with s.post(url + "/v1/chat/completions", data=gen(), headers=JSON) as r:
             assert r.status == 413
         async with s.get(url + "/v1/nothing") as r:
             assert r.status == 404 and "error" in await r.json()
@@ -164,15 +168,17 @@ async def test_bad_requests_get_openai_errors(
             assert r.status == 200
 
 
-async def test_max_in_flight_gives_429_with_retry_after(shared: list[int]) -> None:
+async def test_max_in_flight_gives_503_with_retry_after(shared: list[int]) -> None:
     cfg = make_cfg(shared, limits={"max_in_flight": 1, "retry_after_s": 3})
     async with gateway_in_process(cfg, KeywordClassifier()) as url, aiohttp.ClientSession() as s:
         slow = asyncio.create_task(s.post(url + "/v1/chat/completions", json=chat("slow", max_tokens=40)))
         await asyncio.sleep(0.1)
         async with s.post(url + "/v1/chat/completions", json=chat("second", max_tokens=1)) as r:
-            assert r.status == 429
+            assert r.status == 503
             assert r.headers["Retry-After"] == "3"
-            assert (await r.json())["error"]["type"] == "rate_limit_error"
+            assert (await r.json())["error"]["type"] == "service_unavailable"
+        async with s.get(url + "/health") as r:
+            assert r.status == 200 and (await r.json())["in_flight"] == 1  # still answered
         first = await slow
         assert first.status == 200
         first.release()
@@ -282,8 +288,9 @@ async def test_admin_endpoints(shared: list[int], monkeypatch: pytest.MonkeyPatc
     async with (
         gateway_in_process(make_cfg(shared), KeywordClassifier()) as url,
         aiohttp.ClientSession() as s,
-        s.post(url + "/admin/policy", json={"kind": "round_robin"}) as r,
+        s.post(url + "/admin/policy", data=b"{not json", headers=JSON) as r,
     ):
+        # the token is checked before the body is read: 403 (admin off), not 400
         assert r.status == 403 and "EXPERT_ROUTER_ADMIN_TOKEN" in (await r.json())["error"]["message"]
     monkeypatch.setenv("EXPERT_ROUTER_ADMIN_TOKEN", "s3cret")
     loads: list[Path] = []
@@ -298,6 +305,16 @@ async def test_admin_endpoints(shared: list[int], monkeypatch: pytest.MonkeyPatc
             url + "/admin/policy", json={"kind": "round_robin"}, headers={"Authorization": "Bearer x"}
         ) as r:
             assert r.status == 401
+        for bad_body in (b"{not json", b"[" * 50_000, b'{"kind": 1' + b"0" * 5000 + b"}"):
+            for headers in ({}, {"Authorization": "Bearer x"}):  # no token, wrong token: 401 first
+                async with s.post(url + "/admin/policy", data=bad_body, headers={**JSON, **headers}) as r:
+                    assert r.status == 401 and (await r.json())["error"]["type"] == "authentication_error"
+            async with s.post(url + "/admin/policy", data=bad_body, headers={**JSON, **auth}) as r:
+                assert r.status == 400 and (await r.json())["error"]["code"] == 400
+        async with s.post(url + "/admin/policy", data=b"kind=single", headers=auth) as r:
+            assert r.status == 415
+        async with s.post(url + "/admin/reload-classifier", json={"path": 3, "x": 1}, headers=auth) as r:
+            assert r.status == 400 and "invalid request" in (await r.json())["error"]["message"]
         async with s.post(url + "/admin/policy", json={"kind": "teleport"}, headers=auth) as r:
             assert r.status == 400
         async with s.post(url + "/admin/policy", json={"kind": "single", "expert": "e1"}, headers=auth) as r:
@@ -366,5 +383,5 @@ async def test_fastapi_lane_behaves_like_the_fast_path(
         async with s.post(url + "/v1/chat/completions", json=chat("code", stream=True, max_tokens=3)) as r:
             assert r.status == 200 and r.headers["x-router-expert"] == "e1"
             assert (await r.read()).endswith(b"data: [DONE]\n\n")
-        async with s.post(url + "/v1/completions", data=b"[]") as r:
+        async with s.post(url + "/v1/completions", data=b"[]", headers=JSON) as r:
             assert r.status == 400 and "JSON object" in (await r.json())["error"]["message"]

@@ -1,6 +1,6 @@
 """Locust scenario against the fake OpenAI server (known timing): TTFT is the first content byte, errors.
 
-Locust runs only in subprocesses (system.bench._locust.run_locust); pytest never imports it.
+Locust runs only in subprocesses (system.runner.locust.run_locust); pytest never imports it.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from system.bench._locust import run_locust
+from system.runner.locust import run_locust
 from system.records import read_records
-from tests.integration.fake_openai_server import fake_server, host_of
+from tests.integration.fakes import fake_server, host_of
 
 
 def test_ttft_is_the_first_content_byte_not_the_headers(tmp_path: Path) -> None:
@@ -23,6 +23,7 @@ def test_ttft_is_the_first_content_byte_not_the_headers(tmp_path: Path) -> None:
         res = run_locust(host_of(srv), 4, 4, 5, tmp_path / "records", extra_args=["--max-tokens", "8"])
     assert res.returncode == 0, res.log_tail()
     df = read_records(res.record_paths)
+    df = df[df["outcome"] != "cut"]  # still streaming when the run ended
     assert len(df) >= 8
     assert df["success"].all()
     assert (df["ttft_s"] >= 0.300).all()  # never the headers' or the role chunk's time
@@ -32,8 +33,13 @@ def test_ttft_is_the_first_content_byte_not_the_headers(tmp_path: Path) -> None:
     assert err_ms.median() < 15, err_ms.describe()
     assert (df["e2e_s"] >= df["ttft_s"]).all()
     assert df["itl_s"].map(len).eq(df["output_tokens"] - 1).all()
-    itl = [g for gaps in df["itl_s"] for g in gaps]
-    assert 0.0015 < sorted(itl)[len(itl) // 2] < 0.010  # 2 ms apart on the wire
+    # chunk timing, relative so that load on the machine cannot flake it: the server sleeps 2 ms between
+    # tokens (longer when busy), so a client timing chunks as they arrive sees each request's tokens spread
+    # over about (n - 1) x 2 ms or more; reading in buffered blocks would squash that to ~0. And the chunks
+    # can never spread wider than the request's own first-token-to-end span.
+    span = df["itl_s"].map(sum)
+    assert (span / ((df["output_tokens"] - 1) * 0.002)).median() > 0.5, span.describe()
+    assert (span <= df["e2e_s"] - df["ttft_s"] + 1e-6).all()
 
 
 def test_http_errors_record_the_error_message_and_completions_endpoint(tmp_path: Path) -> None:
@@ -48,6 +54,7 @@ def test_http_errors_record_the_error_message_and_completions_endpoint(tmp_path:
         )
     assert res.returncode == 1, res.log_tail()  # Locust's exit code when some requests failed
     df = read_records(res.record_paths)
+    df = df[df["outcome"] != "cut"]
     failed, ok = df[~df["success"]], df[df["success"]]
     assert len(failed) > 0 and len(ok) > 0
     assert (failed["status"] == 503).all()
@@ -74,6 +81,7 @@ def test_server_killed_mid_run_records_failures_with_error_text(tmp_path: Path) 
         killer.join()
         srv.stop()
     df = read_records(res.record_paths)
+    df = df[df["outcome"] != "cut"]
     ok, failed = df[df["success"]], df[~df["success"]]
     assert len(ok) > 0 and len(failed) > 0, res.log_tail()
     assert (ok["end_ts"] <= killed_at[0] + 0.5).all()
@@ -129,6 +137,7 @@ def test_servers_without_done_or_usage_succeed_and_count_chunks(tmp_path: Path) 
         res = run_locust(host_of(srv), 2, 2, 4, tmp_path / "records", extra_args=["--max-tokens", "7"])
     assert res.returncode == 0, res.log_tail()
     df = read_records(res.record_paths)
+    df = df[df["outcome"] != "cut"]
     assert len(df) >= 4
     assert df["success"].all(), df["error"].unique()
     assert (df["output_tokens"] == 7).all() and not df["tokens_from_usage"].any()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from system.bench._locust import run_locust
+from system.runner.locust import run_locust
 from system.bench._sims import sim_stack
 from system.records import read_records
 
@@ -22,6 +22,13 @@ def test_20_users_through_gateway_and_two_sims_give_consistent_records(tmp_path:
         )
     assert res.returncode == 0, res.log_tail()
     df = read_records(res.record_paths)
+    # the 20 users were mid-stream when the run ended: each has a `cut` record with what it received
+    cut = df[df["outcome"] == "cut"]
+    assert 0 < len(cut) <= 20 and cut["user_id"].is_unique
+    assert (cut["error"] == "cut: step ended").all() and (cut["end_ts"] >= cut["start_ts"]).all()
+    got = cut[cut["ttft_s"].notna()]
+    assert (got["chunk_tokens"].map(sum) == got["output_tokens"]).all()
+    df = df[df["outcome"] == "ok"]
     n, fails = res.locust_count("E2E")
     assert len(df) == n and fails == 0 and n >= 40
     assert df["request_id"].is_unique and df["success"].all() and (df["status"] == 200).all()
@@ -36,6 +43,7 @@ def test_20_users_through_gateway_and_two_sims_give_consistent_records(tmp_path:
     err = df["start_ts"] + df["ttft_s"] - df["gt_first_token_ts"]
     assert (err > -0.002).all() and err.median() < 0.05, err.describe()
     assert df["itl_s"].map(len).eq(df["output_tokens"] - 1).all()  # stream interval 1: a chunk per token
+    assert df["chunk_tokens"].map(lambda c: c == [1] * len(c)).all()  # one token per chunk, exactly
     assert (df["tpot_s"] > 0).all()
     assert df["client_cpu_percent"].notna().mean() > 0.5
 
@@ -57,6 +65,7 @@ def test_sim_killed_mid_run_records_failures(tmp_path: Path) -> None:
         finally:
             killer.join()
     df = read_records(res.record_paths)
+    df = df[df["outcome"] != "cut"]
     ok, failed = df[df["success"]], df[~df["success"]]
     assert len(failed) > 0 and len(ok) > 0, res.log_tail()
     assert (ok["end_ts"] <= killed_at[0] + 0.5).all()

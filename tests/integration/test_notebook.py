@@ -59,6 +59,8 @@ def test_notebook_runs_on_the_fixture_by_default(kernel_here: str, tmp_path: Pat
     assert "fixtures/results/fixture/run-1" in text
     assert "routed vs single: crossover = 10 users" in text
     assert "At 50 users routed served 2.0× the output tokens/s of single" in text
+    # the verdict cell: CIs and flags
+    assert "tok/s [95% CI]" in text and "few_requests_p99" in text
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert sum(1 for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})) == 7
     assert (plots / "throughput_vs_users.png").stat().st_size > 0

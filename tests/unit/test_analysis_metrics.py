@@ -61,7 +61,7 @@ def test_window_counts_completions_inside_start_plus_warmup_to_end(tmp_path) -> 
     assert s["error_rate"] == pytest.approx(1 / 5)
 
 
-def test_latency_percentiles_use_successful_window_requests_and_pool_itl(tmp_path) -> None:
+def test_latency_percentiles_use_successful_window_requests_and_pool_chunk_gaps(tmp_path) -> None:
     run = tmp_path / "exp" / "run"
     write_manifest(run)
     records = [
@@ -77,8 +77,8 @@ def test_latency_percentiles_use_successful_window_requests_and_pool_itl(tmp_pat
     # TPOT per request: (0.13-0.1)/3 = 10 ms and (0.4-0.3)/1 = 100 ms
     assert s["tpot_p50_ms"] == pytest.approx(55.0)
     # vLLM bench pools every gap: [10, 10, 10, 100] ms -> median 10, mean 32.5 (not 55)
-    assert s["itl_p50_ms"] == pytest.approx(10.0)
-    assert s["itl_mean_ms"] == pytest.approx(32.5)
+    assert s["chunk_gap_p50_ms"] == pytest.approx(10.0)
+    assert s["chunk_gap_mean_ms"] == pytest.approx(32.5)
     assert s["e2e_p50_ms"] == pytest.approx(265.0)
 
 

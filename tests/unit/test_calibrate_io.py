@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from system.engines.sim.calibrate import calibrate
+from system.calibration.calibrate import calibrate
+from system.calibration.measured import PointsError, load_points, points_from_run, save_points
 from system.engines.sim.cli import sim
-from system.engines.sim.measured import PointsError, load_points, points_from_run, save_points
 from system.engines.sim.profilefiles import (
     ProfileFileError,
     load_profile_file,
@@ -56,14 +56,23 @@ def test_bad_profile_files_get_clear_errors(tmp_path: Path) -> None:
 
 
 def test_calibrated_profiles_are_registered_with_provenance() -> None:
-    for name in ("transformers-cb-cpu-llama-tiny", "transformers-cb-h100-llama-1b"):
+    for name in (
+        "transformers-cb-cpu-llama-tiny",
+        "transformers-cb-h100-llama-1b",
+        "transformers-cb-h100-llama-8b",
+    ):
         p = PROFILES[name]
-        assert p.fits and "calibrated to" in p.description
+        assert p.fits and p.provenance.startswith("fitted to ")
         base = CALIBRATION_BASES[f"{name}-uncalibrated"]
         assert (p.hardware, p.model) == (base.hardware, base.model)
         assert p.step_overhead_s > 0
-    # TinyLlama-1.1B's published parameter count, from its shape
-    assert PROFILES["transformers-cb-h100-llama-1b"].model.params == 1_100_048_384
+    # the reference README's shapes: 1.10 B and 7.24 B parameters
+    assert round(PROFILES["transformers-cb-h100-llama-1b"].model.params / 1e7) == 110
+    assert round(PROFILES["transformers-cb-h100-llama-8b"].model.params / 1e7) == 724
+    # every registered profile says what backs it
+    assert all(
+        p.provenance.split(" ")[0] in ("datasheet-derived", "fitted", "validated") for p in PROFILES.values()
+    )
 
 
 def test_points_csv_and_json(tmp_path: Path) -> None:

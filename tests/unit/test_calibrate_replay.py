@@ -9,7 +9,7 @@ import pytest
 
 from system.engines.sim.costmodel import BatchShape, decode_step_s, step_cost
 from system.engines.sim.profiles import PROFILES, get_profile
-from system.engines.sim.replay import simulate_closed_loop
+from system.calibration.replay import simulate_closed_loop
 
 DEBUG = get_profile("debug")
 
@@ -116,7 +116,7 @@ def test_host_overhead_terms_default_to_zero_and_add_linearly() -> None:
 
 
 def test_scheduler_reports_newly_admitted_sequences() -> None:
-    from system.engines.sim.replay import scheduler_for
+    from system.calibration.replay import scheduler_for
     from system.engines.sim.scheduler import SimRequest
 
     sched = scheduler_for(DEBUG)

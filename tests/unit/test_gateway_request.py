@@ -7,7 +7,14 @@ import json
 import pytest
 
 from system.gateway.errors import error_body
-from system.gateway.request import CHAT, BadRequest, parse_body, prompt_text
+from system.gateway.request import (
+    CHAT,
+    BadRequest,
+    check_content_type,
+    parse_body,
+    prompt_text,
+    rewrite_model,
+)
 
 
 @pytest.mark.parametrize(
@@ -19,12 +26,53 @@ from system.gateway.request import CHAT, BadRequest, parse_body, prompt_text
         (b'{"messages": []}', 400, "`model` is required"),
         (b'{"model": 3}', 400, "`model` is required"),
         (b"\xff\xfe", 400, "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested deeper than 64"),
+        (b'{"model": "auto", "x": ' + b"[" * 65 + b"]" * 65 + b"}", 400, "nested deeper than 64"),
+        (b'{"model": "auto", "max_tokens": ' + b"9" * 5000 + b"}", 400, "more than 100 digits"),
+        (b'{"model": "auto", "max_tokens": 1' + b"0" * 101 + b"}", 400, "more than 100 digits"),
+        (b'{"model": "auto", "temperature": 1.' + b"5" * 200 + b"}", 400, "more than 100 digits"),
+        (b'{"model": "auto", "temperature": NaN}', 400, "NaN is not a JSON number"),
+        (b'{"model": "auto"} x', 400, "Extra data"),
+        (b'{"model": "auto",}', 400, "not valid JSON"),
     ],
 )
 def test_parse_body_rejects(raw: bytes, status: int, fragment: str) -> None:
     with pytest.raises(BadRequest) as exc:
         parse_body(raw)
     assert exc.value.status == status and fragment in exc.value.message
+
+
+def test_json_limits_leave_ordinary_bodies_alone() -> None:
+    # brackets and long digit runs inside strings are text, not structure or numbers
+    text = "[" * 500 + "1" * 500
+    raw = json.dumps({"model": "auto", "prompt": text, "max_tokens": 7, "t": -0.5e-3}).encode()
+    body = parse_body(raw).obj
+    assert body["prompt"] == text and body["max_tokens"] == 7 and body["t"] == -0.5e-3
+    deep = {"model": "auto", "x": json.loads("[" * 63 + "]" * 63)}
+    assert parse_body(json.dumps(deep).encode()).obj == deep  # 64 levels with the top object
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (None, True),
+        ("application/json", True),
+        ("application/json; charset=utf-8", True),
+        ("Application/JSON", True),
+        ("application/vnd.api+json", True),
+        ("text/plain", False),
+        ("application/x-www-form-urlencoded", False),
+        ("multipart/form-data; boundary=x", False),
+        ("application/octet-stream", False),
+    ],
+)
+def test_content_type(value: str | None, ok: bool) -> None:
+    if ok:
+        check_content_type(value)
+    else:
+        with pytest.raises(BadRequest) as exc:
+            check_content_type(value)
+        assert exc.value.status == 415
 
 
 def test_prompt_text_chat_and_completion() -> None:
@@ -61,14 +109,29 @@ def test_error_body_is_openai_shaped() -> None:
         # the text "model": inside a string, and a nested model key: must fall back to re-serialising
         b'{"model": "auto", "messages": [{"role": "user", "content": "\\"model\\": \\"x\\""}]}',
         b'{"model": "auto", "response_format": {"model": "auto"}}',
+        # the top-level key spelled with an escape, and a nested plain "model" with the same value
+        b'{"\\u006dodel": "auto", "metadata": {"model": "auto"}, "messages": []}',
+        b'{"metadata": {"model": "auto"}, "\\u006dodel":"auto"}',
+        # non-ASCII before the member: character and byte offsets differ
+        '{"messages": [{"role": "user", "content": "héllo ✓ 🚀"}], "model": "auto"}'.encode(),
+        # a duplicated key: json keeps the last one, and so must the rewrite
+        b'{"model": "e0", "model": "auto"}',
     ],
 )
 def test_rewrite_model_changes_only_the_model(raw: bytes) -> None:
-    from system.gateway.request import rewrite_model
-
+    parsed = parse_body(raw)
     body = json.loads(raw)
-    out = rewrite_model(raw, body, "served")
+    assert parsed.obj == body
+    out = rewrite_model(raw, parsed, "served")
     assert json.loads(out) == {**body, "model": "served"}
-    assert body["model"] == "auto"  # the parsed body is not mutated (a retry rewrites again)
-    assert rewrite_model(raw, body, None) is raw
-    assert rewrite_model(raw, body, "auto") is raw
+    assert parsed.obj["model"] == "auto"  # the parsed body is not mutated (a retry rewrites again)
+    assert rewrite_model(raw, parsed, None) is raw
+    assert rewrite_model(raw, parsed, "auto") is raw
+    if raw.count(b"odel") == raw.count(b'"model": "auto"') == 1:
+        assert out == raw.replace(b'"model": "auto"', b'"model": "served"')  # spliced, not re-serialised
+
+
+def test_rewrite_splices_in_place_keeping_everything_else() -> None:
+    raw = '{"metadata": {"model": "auto"}, "\\u006dodel" : "auto" ,"p": "ü"}'.encode()
+    out = rewrite_model(raw, parse_body(raw), "served")
+    assert out == '{"metadata": {"model": "auto"}, "\\u006dodel" : "served" ,"p": "ü"}'.encode()

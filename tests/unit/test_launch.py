@@ -17,7 +17,8 @@ from system.processes import ServerStartError, free_port
 from system.runner.config import ExperimentConfig
 from system.runner.stack import Stack, gateway_config, plan_stack
 
-FAKE = Path(__file__).resolve().parents[1] / "integration" / "fake_vllm.py"
+# the one fake upstream, in its vLLM stand-in mode (`... serve MODEL --port P`)
+FAKE = [sys.executable, "-m", "system.bench.fake_upstream"]
 
 
 def _experiment(tmp_path: Path, configurations: list[dict]) -> ExperimentConfig:
@@ -218,7 +219,7 @@ def test_launcher_registry_is_pluggable() -> None:
 
 
 def _fake_launch(tmp_path: Path, env: dict[str, str], timeout_s: float = 10.0) -> LaunchSpec:
-    engine = {"kind": "vllm", "model": "fake/m", "gpus": [2, 3], "executable": [sys.executable, str(FAKE)]}
+    engine = {"kind": "vllm", "model": "fake/m", "gpus": [2, 3], "executable": FAKE}
     spec = _experiment(tmp_path, _single(engine)).configurations[0].experts[0].engine
     launch = build_launch(spec, name="big", port=free_port(), seed=0)
     launch.env.update(env)
@@ -232,7 +233,7 @@ def test_fake_vllm_starts_with_exact_argv_and_gpu_env(tmp_path: Path) -> None:
     with engine_process(launch, name="big", log_dir=tmp_path) as sp:
         assert sp.alive()
     seen = json.loads(record.read_text())
-    assert seen["argv"] == launch.cmd[2:]
+    assert seen["argv"] == launch.cmd[len(FAKE) :]
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "2,3"
     assert not sp.alive()
 
@@ -263,7 +264,7 @@ def test_never_healthy_hits_the_deadline_and_is_killed(tmp_path: Path) -> None:
 
 
 def test_stack_failure_stops_the_experts_already_running(tmp_path: Path) -> None:
-    good = {"kind": "vllm", "model": "m", "executable": [sys.executable, str(FAKE)]}
+    good = {"kind": "vllm", "model": "m", "executable": FAKE}
     bad = {**good, "env": {"FAKE_VLLM_MODE": "exit"}}
     conf = _experiment(
         tmp_path,

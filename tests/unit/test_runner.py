@@ -22,14 +22,15 @@ from system.runner.plan import describe_plan
 from system.runner.runner import ExperimentRunner, RunError
 from system.runner.steps import is_complete, locust_arguments
 
-FAKE = Path(__file__).resolve().parents[1] / "integration" / "fake_vllm.py"
+# the one fake upstream, in its vLLM stand-in mode (`... serve MODEL --port P`)
+FAKE = [sys.executable, "-m", "system.bench.fake_upstream"]
 
 
 def make_cfg(tmp_path: Path, **over: Any) -> ExperimentConfig:
     engine = {
         "kind": "vllm",
         "model": "fake/m",
-        "executable": [sys.executable, str(FAKE)],
+        "executable": FAKE,
         "startup_timeout_s": 20,
     }
     data: dict[str, Any] = {
@@ -101,12 +102,12 @@ def test_config_defaults_and_derived_values(tmp_path: Path) -> None:
             {
                 "name": "r",
                 "topology": "routed",
-                "experts": [{"name": "a", "engine": {"kind": "sim", "profile": "x"}}],
+                "experts": [{"name": "a", "engine": {"kind": "sim", "profile": "debug"}}],
             },
             {
                 "name": "s",
                 "topology": "single",
-                "experts": [{"name": "b", "engine": {"kind": "sim", "profile": "x"}}],
+                "experts": [{"name": "b", "engine": {"kind": "sim", "profile": "debug"}}],
             },
         ],
     )
@@ -255,7 +256,7 @@ def test_dry_run_plan_lists_servers_commands_and_step_state(tmp_path: Path) -> N
     write_json_atomic(run_dir / "solo" / "users=1" / "rep=0" / "step.json", {"status": "ok"})
     text = describe_plan(cfg, run_dir)
     assert "configuration solo: single, 1 expert(s), direct to the engine" in text
-    assert f"{FAKE} serve fake/m --host 127.0.0.1" in text
+    assert "-m system.bench.fake_upstream serve fake/m --host 127.0.0.1" in text
     assert "users=1 rep=0 spawn_rate=2/s  [done]" in text
     assert "users=2 rep=1 spawn_rate=4/s  [pending]" in text
     assert "3 step(s) to run" in text

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from system import jsonbody
 from system.engines.sim.scheduler import SimRequest
 from system.engines.sim.textgen import chat_prompt_tokens, completion_prompt_tokens, message_text
 
@@ -22,6 +23,7 @@ class ApiError(Exception):
         404: "NotFoundError",
         405: "MethodNotAllowed",
         413: "RequestTooLarge",
+        415: "UnsupportedMediaType",
     }
 
     def __init__(self, status: int, message: str, param: str | None = None) -> None:
@@ -118,12 +120,23 @@ def _completion_prompt(body: dict[str, Any]) -> tuple[int, str]:
     raise ApiError(400, "'prompt' must be a string, a list of one string, or a list of token ids", "prompt")
 
 
+def check_content_type(headers: list[tuple[bytes, bytes]]) -> None:
+    """JSON only (or no Content-Type at all, read as JSON); anything else is 415."""
+    for name, value in headers:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            if media != b"application/json" and not media.endswith(b"+json"):
+                shown = media.decode("latin-1")
+                raise ApiError(415, f"Content-Type {shown!r} is not supported; send application/json")
+            return
+
+
 def parse_request(kind: str, raw: bytes, model_name: str, max_model_len: int) -> ParsedRequest:
     """Validate an OpenAI request body the way vLLM does; raise ApiError with a clear message otherwise."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ApiError(400, f"request body is not valid JSON: {e}") from None
+        body = jsonbody.loads(raw)  # depth and digit limits: 400, never RecursionError or a 500
+    except jsonbody.JsonBodyError as e:
+        raise ApiError(400, e.message) from None
     if not isinstance(body, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
     model = body.get("model", model_name)

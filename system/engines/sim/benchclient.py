@@ -1,7 +1,7 @@
 """Closed-loop aiohttp streaming client for `bench sim` (run as its own process; prints one JSON line).
 
-It only talks to the sim, whose SSE events are compact JSON whose only spaces are the ones ending each
-synthetic token, so tokens per network read = spaces - "data: " prefixes: no JSON parsing per event.
+Streams are read with the harness's one SSE reader (`system.sse.SSEReader`): tokens are counted per content
+chunk as they arrive (the sim's synthetic words are one token each), so window throughput is exact.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import urllib.request
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from system.sse import SSEReader
 
 
 def scrape(base: str) -> dict[str, float]:
@@ -90,9 +92,8 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     last_lag: list[float] = []
 
     async def one(session: aiohttp.ClientSession) -> None:
-        first = last = 0.0
-        tail = b""
         body = rng.choice(bodies)
+        reader = SSEReader(time.time())
         async with session.post(
             f"{base}/v1/completions", data=body, headers={"content-type": "application/json"}
         ) as r:
@@ -102,21 +103,17 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
                 return
             async for chunk in r.content.iter_any():
                 t = time.time()
-                prefixes = chunk.count(b"data: ")
-                toks = chunk.count(b" ") - prefixes
-                if toks > 0:
-                    if not first:
-                        first = t
-                    last = t
-                    if win_start <= t < win_end:
-                        st["tokens"] += toks
-                        st["events"] += prefixes
-                tail = (tail + chunk)[-4096:]
-        events = [ln for ln in tail.split(b"\n") if ln.startswith(b"data: {")]
-        gt = json.loads(events[-1][6:]).get("sim_timing") if events else None
-        if gt is None or not first:
+                seen = len(reader.chunk_tokens)
+                reader.feed(chunk, t)
+                if win_start <= t < win_end and len(reader.chunk_tokens) > seen:
+                    st["tokens"] += sum(reader.chunk_tokens[seen:])
+                    st["events"] += len(reader.chunk_tokens) - seen
+        reader.end(time.time())
+        gt = reader.timing
+        if gt is None or not reader.chunk_times or reader.error:
             st["errors"] += 1
             return
+        first, last = reader.chunk_times[0], reader.chunk_times[-1]
         if win_start <= first < win_end:
             st["completed"] += 1
             first_lag.append(1e3 * (first - gt["first_token_ts"]))

@@ -1,4 +1,4 @@
-"""Roofline step-time model: one engine step = max(compute, memory) per TP shard + all-reduce + overhead."""
+"""Step-time model: GPU work (roofline + kernel overhead + packed attention) and host work, run in series."""
 
 from __future__ import annotations
 
@@ -27,14 +27,41 @@ class BatchShape:
 
 @dataclass(frozen=True)
 class StepCost:
+    """One step's work. GPU: compute/memory roofline, all-reduce, kernel overhead. Host: overhead_s
+    (scheduling, input preparation, sampling bookkeeping, detokenising and HTTP streaming of the step's
+    tokens) and launch_s (kernel launches from Python; 0 with CUDA graphs).
+
+    What overlaps what: host work and GPU work of one engine run in series (the engine's loop prepares a
+    batch, launches it, waits for the sampled tokens, then streams them out before it prepares the next
+    batch; transformers serve and vLLM's default synchronous scheduling both do this). Kernel launches
+    overlap the kernels they launch (the GPU runs kernel i while Python launches kernel i+1), so the
+    forward pass lasts max(launch_s, gpu_s).
+    """
+
     compute_s: float
     memory_s: float
     comm_s: float
     overhead_s: float
+    kernel_s: float = 0.0
+    launch_s: float = 0.0
+
+    @property
+    def gpu_s(self) -> float:
+        """Time a kernel is running on the GPU during this step (what NVML utilisation samples)."""
+        return max(self.compute_s, self.memory_s) + self.comm_s + self.kernel_s
+
+    @property
+    def host_s(self) -> float:
+        return self.overhead_s
+
+    @property
+    def forward_s(self) -> float:
+        """The forward pass as the engine's loop sees it: kernels, or the launches when those are slower."""
+        return max(self.gpu_s, self.launch_s)
 
     @property
     def total_s(self) -> float:
-        return max(self.compute_s, self.memory_s) + self.comm_s + self.overhead_s
+        return self.forward_s + self.overhead_s
 
 
 def step_cost(p: Profile, shape: BatchShape) -> StepCost:
@@ -46,8 +73,11 @@ def step_cost(p: Profile, shape: BatchShape) -> StepCost:
     Bytes  = weights (quantised size) + KV read (kv_read_tokens · kv_bytes_per_token) + KV written (T · same)
     Each TP shard does 1/TP of both. compute = FLOPs/TP / (peak · compute_eff);
     memory = Bytes/TP / (HBM bw · memory_eff).
-    Overhead = step_overhead + per_seq_overhead·S + per_token_overhead·T + per_request_overhead·N_new
-    (host side, not overlapped; all but the first are 0 except in calibrated CPU-bound engine profiles).
+    Kernel overhead (GPU) = L · layer_overhead_s + packed attention L·heads·T·K·score_bytes / (HBM bw ·
+    memory_eff), K = keys over the whole batch (an engine that attends over the packed batch with a dense
+    mask computes every query against every key of the batch, not only its own sequence's).
+    Launch (host, overlaps the kernels) = L · launch_overhead_s without CUDA graphs, else 0.
+    Host overhead = step_overhead + per_seq_overhead·S + per_token_overhead·T + per_request_overhead·N_new.
     All-reduce (TP > 1): 2 per layer (after attention and after the MLP) of T·hidden bf16 values, ring
     algorithm: 2·(TP-1)/TP · bytes / (NVLink per-direction bw · comm_eff) + a fixed latency each.
     """
@@ -60,20 +90,26 @@ def step_cost(p: Profile, shape: BatchShape) -> StepCost:
     )
     kv_bytes = p.kv_bytes_per_token * (shape.kv_read_tokens + shape.num_tokens)
     mem_bytes = p.weight_bytes + kv_bytes
+    bw = hw.hbm_gbs * 1e9 * p.memory_eff
     compute_s = flops / tp / (hw.bf16_tflops * 1e12 * p.compute_eff)
-    memory_s = mem_bytes / tp / (hw.hbm_gbs * 1e9 * p.memory_eff)
+    memory_s = mem_bytes / tp / bw
     comm_s = 0.0
     if tp > 1:
         msg = shape.num_tokens * m.hidden * 2.0
         per_ar = 2.0 * (tp - 1) / tp * msg / (hw.nvlink_gbs * 1e9 * p.comm_eff) + p.allreduce_latency_s
         comm_s = 2 * m.layers * per_ar
+    kernel_s = m.layers * p.layer_overhead_s
+    if p.score_bytes:
+        keys = shape.kv_read_tokens + shape.num_tokens
+        kernel_s += m.layers * m.heads / tp * shape.num_tokens * keys * p.score_bytes / bw
+    launch_s = 0.0 if p.cuda_graphs else m.layers * p.launch_overhead_s
     overhead_s = (
         p.step_overhead_s
         + p.per_seq_overhead_s * shape.num_seqs
         + p.per_token_overhead_s * shape.num_tokens
         + p.per_request_overhead_s * shape.num_new_seqs
     )
-    return StepCost(compute_s, memory_s, comm_s, overhead_s)
+    return StepCost(compute_s, memory_s, comm_s, overhead_s, kernel_s, launch_s)
 
 
 def step_time_s(p: Profile, shape: BatchShape) -> float:

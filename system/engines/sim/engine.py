@@ -10,10 +10,11 @@ import os
 import signal
 import time
 
-from system.engines.sim.costmodel import step_time_s
+from system.engines.sim.costmodel import step_cost
 from system.engines.sim.metrics import SimMetrics
 from system.engines.sim.profiles import Profile
 from system.engines.sim.scheduler import Scheduler, SchedulerConfig, SimRequest, State
+from system.engines.sim.vgpu import VirtualGpu
 
 log = logging.getLogger("sim.engine")
 NEVER = 1 << 40  # wake_every for non-streaming requests: only the finish wakes them
@@ -41,8 +42,12 @@ class SimEngine:
         model_name: str,
         stream_interval: int = 1,
         max_lag_s: float = 0.02,
+        gpu: VirtualGpu | None = None,
     ) -> None:
         self.profile = profile
+        # the simulated GPU: its own, or one shared with the other engines of this process (co-location)
+        self.gpu = gpu if gpu is not None else VirtualGpu()
+        self.gpu.attach(profile)
         self.model_name = model_name
         self.stream_interval = max(1, int(stream_interval))
         self.max_lag_s = max_lag_s
@@ -149,8 +154,13 @@ class SimEngine:
                 continue
             if plan.preempted:
                 m.preemptions.inc(len(plan.preempted))
-            duration = step_time_s(p, plan.shape)
-            end = next_start + duration
+            # host work, then the forward pass on the (possibly shared) GPU: the GPU work waits for a free
+            # slot when co-located engines hold it; launches (no CUDA graphs) overlap the kernels
+            cost = step_cost(p, plan.shape)
+            host_end = next_start + cost.host_s
+            _, gpu_end = self.gpu.reserve(host_end, cost.gpu_s, id(self))
+            end = max(gpu_end, host_end + cost.launch_s)
+            duration = end - next_start
             # timers alone wake up to a few ms late under load (p99 ~4 ms measured); sleep to 1 ms before the
             # due time, then yield in a loop (other tasks keep running) until it passes: p99 < 1 ms
             delay = end - clock() - SPIN_S

@@ -154,6 +154,39 @@ LLAMA_TINY_RANDOM = ModelSpec(
     max_position=2048,
     source="random_model.py SHAPES['tiny'] (hidden 64, MLP 128, 2 layers, 4/2 heads, vocab 2000)",
 )
+# The random-weight Llama shapes of the H100 reference measurements
+# (results/reference/h100-transformers-serve/README.md: LlamaConfig, untied embeddings, bf16).
+REF_LLAMA_1B = ModelSpec(
+    name="Llama-1.1B (reference shape)",
+    params=llama_params(2048, 8192, 16, 32, 8, 32000),  # 1.10 B
+    layers=16,
+    hidden=2048,
+    heads=32,
+    kv_heads=8,
+    head_dim=64,
+    vocab=32000,
+    max_position=4096,
+    source="results/reference/h100-transformers-serve/README.md '1b': hidden 2048, 16 layers, 32/8 heads, "
+    "MLP 8192, vocab 32000",
+)
+REF_LLAMA_8B = ModelSpec(
+    name="Llama-7.2B (reference shape)",
+    params=llama_params(4096, 14336, 32, 32, 8, 32000),  # 7.24 B
+    layers=32,
+    hidden=4096,
+    heads=32,
+    kv_heads=8,
+    head_dim=128,
+    vocab=32000,
+    max_position=4096,
+    source="results/reference/h100-transformers-serve/README.md '8b': hidden 4096, 32 layers, 32/8 heads, "
+    "MLP 14336, vocab 32000",
+)
+# The H100 of the reference runs reports 80 GB HBM3 (NVML total 79.6 GiB on H100 SXM/PCIe 80GB); the
+# processes peaked at 70-78 GiB (gpu_mem_max_gib): transformers' continuous batching sizes its KV cache from
+# the free memory (default share 0.9 of it, --cb-max-memory-percent).
+REF_MEMORY_FRACTION = 0.9
+
 # The 2-vCPU build box the CPU calibration ran on (lscpu: AMD EPYC, 2 cores, AVX-512 + FMA, 2.6 GHz,
 # 23 GiB). Peak fp32 = 2 cores x 2.6 GHz x 32 FLOP/cycle (two 256-bit FMA pipes) = 0.166 TFLOPS; memory
 # bandwidth 20 GB/s is an assumption (not measured). The tiny model's compute and bytes are negligible
@@ -218,12 +251,26 @@ class Profile:
     per_token_overhead_s: float = 0.0
     per_request_overhead_s: float = 0.0
     # output length when a request does not force it: lognormal with this median and sigma (tokens)
+    # GPU-side step terms (see costmodel.step_cost). layer_overhead_s: kernel time per layer per step that
+    # the roofline does not account (small-batch kernels run far below peak; CUDA graphs remove the launch
+    # gaps between them but not their duration). score_bytes: bytes moved per attention score when the
+    # engine attends over the packed batch with a dense mask (QK^T materialised: cost ~ Q x K_total).
+    layer_overhead_s: float = 0.0
+    score_bytes: float = 0.0
+    # host-side kernel launches per layer per step; only paid without CUDA graphs (one graph replay then)
+    cuda_graphs: bool = True
+    launch_overhead_s: float = 0.0
+    # latency per request outside the engine's step loop (HTTP parsing, tokenising, the first chunk's
+    # detokenise and send, in the server's own thread): adds to TTFT and E2E, occupies no step
+    request_latency_s: float = 0.0
     output_len_median: float = 128.0
     output_len_sigma: float = 1.0
     num_gpu_blocks_override: int | None = (
         None  # as vLLM's --num-gpu-blocks-override (tests: force KV pressure)
     )
     description: str = ""
+    # what backs the numbers: "datasheet-derived", "fitted to <data>", or "validated against <data>"
+    provenance: str = "datasheet-derived"
 
     @property
     def weight_bytes(self) -> float:
@@ -369,18 +416,24 @@ def _build_registry() -> dict[str, Profile]:
 # (gpu_h100.yaml single: 0.6). The fitted profiles are the JSON files in calibrated/ (registered below),
 # named as these without "-uncalibrated".
 CALIBRATION_BASES: dict[str, Profile] = {
-    "transformers-cb-h100-llama-1b-uncalibrated": Profile(
-        name="transformers-cb-h100-llama-1b-uncalibrated",
-        hardware=H100_SXM,
-        model=TINYLLAMA_1B,
-        gpu_memory_utilization=0.6,
-        block_size=256,
-        max_num_seqs=1024,
-        max_num_batched_tokens=8192,
-        max_model_len=4096,
-        step_overhead_s=0.0,
-        description="transformers serve --continuous-batching --cb-use-cuda-graph, 1.1B Llama, 1x H100",
-    ),
+    **{
+        f"transformers-cb-h100-llama-{key}-uncalibrated": Profile(
+            name=f"transformers-cb-h100-llama-{key}-uncalibrated",
+            hardware=H100_SXM,
+            model=model,
+            gpu_memory_utilization=REF_MEMORY_FRACTION,
+            non_kv_reserve_bytes=2 * GIB,
+            block_size=256,
+            max_num_seqs=1024,
+            max_num_batched_tokens=8192,
+            max_model_len=4096,
+            step_overhead_s=0.0,
+            description=f"transformers serve --continuous-batching --cb-use-cuda-graph, {model.name}, "
+            "1x H100",
+            provenance="datasheet-derived (uncalibrated base)",
+        )
+        for key, model in (("1b", REF_LLAMA_1B), ("8b", REF_LLAMA_8B))
+    },
     "transformers-cb-cpu-llama-tiny-uncalibrated": Profile(
         name="transformers-cb-cpu-llama-tiny-uncalibrated",
         hardware=CPU_2C_EPYC,
@@ -424,11 +477,27 @@ def get_profile(name: str) -> Profile:
     try:
         return PROFILES[name]
     except KeyError:
-        close = [n for n in PROFILES if name.split("-")[0] in n][:8]
+        close = suggest(name)
         hint = f" (did you mean: {', '.join(close)})" if close else ""
         raise UnknownProfileError(
             f"unknown sim profile {name!r}{hint}; see `expert-router sim --list-profiles`"
         ) from None
+
+
+def suggest(name: str, limit: int = 8) -> list[str]:
+    """Registered names closest to `name` as a whole: every dash-separated part of it counts (so
+    `llama3-70b` suggests the 70B profiles, not every llama3 one), then string similarity breaks ties."""
+    import difflib
+
+    parts = [p for p in name.lower().split("-") if p]
+
+    def score(n: str) -> tuple[int, float]:
+        low = n.lower()
+        return (sum(p in low for p in parts), difflib.SequenceMatcher(None, name.lower(), low).ratio())
+
+    ranked = sorted(PROFILES, key=lambda n: score(n), reverse=True)
+    best = score(ranked[0])[0] if ranked else 0
+    return [n for n in ranked if best and score(n)[0] == best][:limit]
 
 
 def blocks_for(tokens: int, block_size: int) -> int:

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from system.engines.sim.api import ApiError, ParsedRequest, Responder, parse_request
+from system.engines.sim.api import ApiError, ParsedRequest, Responder, check_content_type, parse_request
 from system.engines.sim.engine import SimEngine
 from system.engines.sim.scheduler import SimRequest, State
 from system.engines.sim.textgen import TokenText, natural_output_len, resolve_output_len
@@ -40,6 +40,7 @@ class SimApp:
             ("GET", "/v1/models"): self._models,
             ("GET", "/health"): self._health,
             ("GET", "/metrics"): self._metrics,
+            ("GET", "/sim/gpu"): self._sim_gpu,
             ("GET", "/version"): self._version,
         }
         self._paths = {p for _, p in self.routes}
@@ -92,6 +93,10 @@ class SimApp:
         }
         await _respond(send, 200, json.dumps({"object": "list", "data": [card]}).encode())
 
+    async def _sim_gpu(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The simulated GPU's counters (shared by co-located engines): telemetry's sim source."""
+        await _respond(send, 200, json.dumps(self.engine.gpu.snapshot()).encode())
+
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = self.engine.metrics.render()
         headers = [(b"content-type", self.engine.metrics.content_type.encode())]
@@ -99,12 +104,17 @@ class SimApp:
 
     # ---- generation --------------------------------------------------------------------------------------
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._generate("chat", receive, send)
+        await self._generate("chat", scope, receive, send)
 
     async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._generate("completion", receive, send)
+        await self._generate("completion", scope, receive, send)
 
-    async def _generate(self, kind: str, receive: Receive, send: Send) -> None:
+    async def _generate(self, kind: str, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            check_content_type(scope["headers"])
+        except ApiError as e:
+            await _respond(send, e.status, e.body())
+            return
         raw = await _read_body(receive, send)
         if raw is None:
             return

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from system.engines.sim.fitting import FitWorkload, MeasuredPoint
+from system.calibration.fitting import FitWorkload, MeasuredPoint
 
 POINTS_FORMAT = "expert-router-calibration-points/1"
 # transformers serve (5.x) ends its streams without `data: [DONE]`; Locust records such a request as failed

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
+from system.calibration.replay import simulate_closed_loop
 from system.engines.sim.profiles import Profile
-from system.engines.sim.replay import simulate_closed_loop
 
 METRICS = ("ttft_p50_s", "tpot_p50_s", "output_tps")
 CLIENT = "client_overhead_s"  # not a profile field: the harness' and the engine's per-request latency

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from system.engines.sim.fitting import (
+from system.calibration.fitting import (
     BOUNDS,
     CLIENT,
     DEFAULT_PARAMS,
@@ -22,7 +22,7 @@ from system.engines.sim.fitting import (
     error_table,
     simulate_points,
 )
-from system.engines.sim.measured import MeasuredSet, PointsError, load_points, points_from_run, save_points
+from system.calibration.measured import MeasuredSet, PointsError, load_points, points_from_run, save_points
 from system.engines.sim.profiles import CALIBRATION_BASES, Profile, UnknownProfileError
 
 LABELS = {"ttft_p50_s": "TTFT p50", "tpot_p50_s": "TPOT p50", "output_tps": "output tok/s"}
@@ -161,13 +161,16 @@ def _ints(s: str | None) -> list[int] | None:
     return [int(x) for x in s.split(",") if x.strip()] if s else None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), help="Results run dir.")
 @click.option("--config", default="single", help="Configuration of --run to fit.")
 @click.option(
     "--points", "points_file", type=click.Path(exists=True, dir_okay=False), help="Points CSV/JSON."
 )
-@click.option("--base", required=True, help="Starting profile: name, profile JSON, or a calibration base.")
+@click.option("--base", default=None, help="Starting profile: name, profile JSON, or a calibration base.")
 @click.option("--name", default=None, help="Name of the fitted profile (default: --out's file stem).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the profile JSON here.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), help="Report dir.")
@@ -202,11 +205,13 @@ def _ints(s: str | None) -> list[int] | None:
 @click.option("--starts", "n_starts", type=click.IntRange(min=1), default=3, help="Nelder-Mead runs.")
 @click.option("--eval-seeds", type=click.IntRange(min=1), default=4, help="Held-out replays for the report.")
 @click.option("--seed", type=int, default=0)
+@click.pass_context
 def calibrate(
+    ctx: click.Context,
     run_dir: str | None,
     config: str,
     points_file: str | None,
-    base: str,
+    base: str | None,
     name: str | None,
     out: Path | None,
     report_dir: Path | None,
@@ -228,8 +233,13 @@ def calibrate(
 
     Minimises the MAPE of simulated vs measured TTFT p50, TPOT p50 and output tokens/s over the user steps
     (offline replay of the real scheduler + cost model), then prints and writes the report.
+    `calibrate reference`: the physical fit to the H100 reference measurements, with leave-one-out errors.
     """
-    from system.engines.sim.fitting import fit_profile
+    if ctx.invoked_subcommand is not None:
+        return
+    if base is None:
+        raise click.UsageError("--base is required (or use `expert-router calibrate reference`)")
+    from system.calibration.fitting import fit_profile
     from system.engines.sim.profilefiles import ProfileFileError, save_profile
 
     if (run_dir is None) == (points_file is None):
@@ -299,3 +309,35 @@ def _json_safe(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [_json_safe(v) for v in x]
     return x
+
+
+@calibrate.command("reference", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--profiles-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("system/engines/sim/calibrated"),
+    show_default=True,
+    help="Write the fitted profiles here.",
+)
+@click.option("--no-docs", is_flag=True, help="Do not regenerate the tables in docs/.")
+def reference_cmd(profiles_dir: Path, no_docs: bool) -> None:
+    """Fit transformers-cb-h100-llama-{1b,8b} to results/reference/h100-transformers-serve/ (one shared
+    parameter set), print leave-one-step-out / leave-one-run-out errors, write the report JSON, the
+    profiles, the co-location predictions and the docs tables generated from them."""
+    from system.calibration.colocation import colocation_predictions
+    from system.calibration.loo import REPORT, calibrate_reference
+    from system.calibration.tables import fit_tables, render_docs
+
+    cmd = "expert-router calibrate reference"
+    rep = calibrate_reference(profile_dir=profiles_dir, command=cmd)
+    tables = fit_tables(rep)
+    for title, key in (
+        ("leave-one-step-out", "loso-summary"),
+        ("leave-one-run-out", "loro-summary"),
+        ("cross-shape transfer", "cross-shape"),
+    ):
+        click.echo(f"\n{title}\n{tables[key]}")
+    click.echo(f"\n{tables['noise']}\nreport: {REPORT} (fit CPU {rep['cpu_s']} s)")
+    colocation_predictions(command=cmd)
+    if not no_docs:
+        render_docs()

@@ -1,6 +1,6 @@
 """Check the offline replay against the live sim: same profile and closed-loop workload, aiohttp client.
 
-    python -m system.engines.sim.replaycheck --profile debug --users 1,16,64 --duration 10 --warmup 3 \
+    python -m system.calibration.replaycheck --profile debug --users 1,16,64 --duration 10 --warmup 3 \
         --out results/reference/calibration/replay-vs-live.json
 """
 
@@ -19,9 +19,10 @@ from typing import Any
 
 import click
 
+from system.calibration.replay import ReplayRequest, ReplayResult, simulate_closed_loop
 from system.engines.sim.launch import sim_process
 from system.engines.sim.profiles import Profile
-from system.engines.sim.replay import ReplayRequest, ReplayResult, simulate_closed_loop
+from system.sse import SSEReader
 
 METRICS = ("ttft_p50_s", "tpot_p50_s", "output_tps")
 
@@ -60,30 +61,20 @@ async def live_closed_loop(
             "stream_options": {"include_usage": True},
         }
         start = time.time()
-        first = last = 0.0
-        timing: dict[str, Any] | None = None
-        buf = b""
+        reader = SSEReader(start)  # the harness's one SSE reader (system/sse.py), on wall-clock times
         async with session.post(f"{base}/v1/completions", json=body) as r:
             if r.status != 200:
                 errors.append(f"HTTP {r.status}: {(await r.read())[:200]!r}")
                 return
             async for chunk in r.content.iter_any():
-                now = time.time()
-                buf += chunk
-                *events, buf = buf.split(b"\n\n")
-                for ev in events:
-                    data = ev.removeprefix(b"data: ")
-                    if data == b"[DONE]":
-                        continue
-                    obj = json.loads(data)
-                    if obj.get("choices") and obj["choices"][0].get("text"):
-                        first = first or now
-                        last = now
-                    timing = obj.get("sim_timing", timing)
+                reader.feed(chunk, time.time())
         end = time.time()
-        if timing is None or not first:
-            errors.append("stream without tokens or sim_timing")
+        reader.end(end)
+        timing = reader.timing
+        if timing is None or not reader.chunk_times or reader.error:
+            errors.append(reader.error or "stream without tokens or sim_timing")
             return
+        first, last = reader.chunk_times[0], reader.chunk_times[-1]
         n = int(timing["output_tokens"])
         overheads.append((float(timing["arrival_ts"]) - start) + (end - float(timing["last_token_ts"])))
         result.requests.append(

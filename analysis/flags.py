@@ -1,0 +1,124 @@
+"""Step flags: starved load generator, harness error over threshold, too few requests for a p99, errors, cuts.
+
+A flagged configuration × load row is shown everywhere (console, summary.json, report) and kept out of the
+headline claims (wins, crossover, saturation). `few_requests_p99` only keeps the row's p99 out of claims:
+its throughput and medians stay usable.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+# Locust's own warning and our self-monitor's (loadtests/monitor.py)
+_LOG_WARNINGS = re.compile(r"CPU usage above \d+%|load generator (?:saturated|starved of CPU)")
+P99_ONLY = {"few_requests_p99"}  # flags that only disqualify the p99 figures
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The stated limits (docs/ANALYSIS.md, "Flags")."""
+
+    # load generator starved or saturated: a record stamped with loop lag above lag_ms or CPU above cpu_pct
+    lag_ms: float = 20.0  # the self-monitor's own warning level
+    cpu_pct: float = 90.0  # Locust's warning level
+    starved_share: float = 0.05  # ... on more than 5 % of the window's requests
+    # harness TTFT error p99 (system path + return share) above max(floor, share of the step's TTFT p50)
+    harness_floor_ms: float = 5.0
+    harness_share_of_ttft_p50: float = 0.10
+    min_requests_p99: int = 100  # fewer successful requests than 1 / (1 − 0.99): no observed p99 tail
+    max_error_rate: float = 0.0  # any failed request
+    max_cut_share: float = 0.20  # more than a fifth of the window's requests still running at the step end
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+DEFAULT = Thresholds()
+
+
+def log_warnings(step_dirs: list[str]) -> int:
+    """Count Locust CPU warnings and self-monitor starvation warnings in the steps' locust.log files."""
+    n = 0
+    for d in step_dirs:
+        f = Path(d) / "locust.log"
+        try:
+            text = f.read_text(errors="replace")
+        except OSError:
+            continue
+        n += len(_LOG_WARNINGS.findall(text))
+    return n
+
+
+def starved_share(win: pd.DataFrame, th: Thresholds = DEFAULT) -> float:
+    """Share of the window's records whose stamp shows a lagging or saturated load generator (NaN: none)."""
+    if win.empty:
+        return math.nan
+    lag = pd.to_numeric(win.get("client_loop_lag_ms"), errors="coerce")
+    cpu = pd.to_numeric(win.get("client_cpu_percent"), errors="coerce")
+    known = lag.notna() | cpu.notna()
+    if not known.any():
+        return math.nan
+    bad = (lag > th.lag_ms) | (cpu > th.cpu_pct)
+    return float(bad[known].mean())
+
+
+def flags_for(row: dict[str, Any], starved: float, log_warns: int, th: Thresholds = DEFAULT) -> list[str]:
+    """The flags of one summary row (see the module docstring); [] for a clean step."""
+    out = []
+    if (math.isfinite(starved) and starved > th.starved_share) or log_warns > 0:
+        out.append("starved")
+    err = float(row.get("harness_ttft_error_p99_ms", math.nan))
+    ttft50 = float(row.get("ttft_p50_ms", math.nan))
+    limit = max(th.harness_floor_ms, th.harness_share_of_ttft_p50 * ttft50 if math.isfinite(ttft50) else 0.0)
+    if math.isfinite(err) and err > limit:
+        out.append("harness_error")
+    if float(row.get("requests", 0)) < th.min_requests_p99:
+        out.append("few_requests_p99")
+    if float(row.get("error_rate", 0) or 0) > th.max_error_rate:
+        out.append("errors")
+    if float(row.get("cut_share", 0) or 0) > th.max_cut_share:
+        out.append("cuts")
+    if float(row.get("requests", 0)) == 0:
+        out.append("no_requests")
+    return out
+
+
+def add_flags(
+    summary: pd.DataFrame, records: pd.DataFrame, steps: pd.DataFrame, th: Thresholds = DEFAULT
+) -> pd.DataFrame:
+    """`summary` with `flags` (list), `starved_share`, `locust_cpu_warnings` and `harness_limit_ms` "
+    "columns."""
+    out = summary.copy()
+    flags, shares, warns, limits = [], [], [], []
+    for _, row in out.iterrows():
+        key = (records["config"] == row["config"]) & (records["load_kind"] == row["load_kind"])
+        key &= records["load"] == row["load"]
+        win = records[key & records["in_window"]] if len(records) else records
+        skey = (steps["config"] == row["config"]) & (steps["load_kind"] == row["load_kind"])
+        skey &= steps["load"] == row["load"]
+        share = starved_share(win, th)
+        n_warn = log_warnings(steps.loc[skey, "step_dir"].tolist())
+        ttft50 = float(row.get("ttft_p50_ms", math.nan))
+        limits.append(
+            max(th.harness_floor_ms, th.harness_share_of_ttft_p50 * ttft50 if ttft50 == ttft50 else 0)
+        )
+        flags.append(flags_for(row.to_dict(), share, n_warn, th))
+        shares.append(share)
+        warns.append(n_warn)
+    out["flags"] = flags
+    out["starved_share"] = shares
+    out["locust_cpu_warnings"] = warns
+    out["harness_limit_ms"] = limits
+    return out
+
+
+def usable(flags: list[str], p99: bool = False) -> bool:
+    """May a row with these flags back a headline claim (a p99 claim when `p99`)?"""
+    blocking = [f for f in flags if p99 or f not in P99_ONLY]
+    return not blocking

@@ -1,0 +1,182 @@
+"""JSON request bodies under limits (nesting depth, digits per number, no NaN/Infinity), with the spans of
+the top-level members so that one member can be replaced in the raw bytes without re-serialising."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from json.decoder import WHITESPACE, scanstring
+from typing import Any
+
+DEFAULT_MAX_DEPTH = 64
+DEFAULT_MAX_DIGITS = 100
+
+# a JSON string (skipped whole) or one bracket: the depth scan only looks at brackets outside strings
+_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_OPEN = frozenset(b"[{")
+_CLOSE = frozenset(b"]}")
+
+
+class JsonBodyError(ValueError):
+    """The body is not acceptable JSON; `message` is meant for the client (400)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _reject_constant(name: str) -> Any:
+    raise JsonBodyError(f"request body is not valid JSON: {name} is not a JSON number")
+
+
+# one decoder, built once: json.loads with keyword arguments would build a new one per call
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _digits_decoder(max_digits: int) -> json.JSONDecoder:
+    def parse_int(s: str) -> int:
+        if len(s) - (s[0] == "-") > max_digits:
+            raise JsonBodyError(f"a number in the request body has more than {max_digits} digits")
+        return int(s)
+
+    def parse_float(s: str) -> float:
+        if sum(c.isdigit() for c in s) > max_digits:
+            raise JsonBodyError(f"a number in the request body has more than {max_digits} digits")
+        return float(s)
+
+    return json.JSONDecoder(parse_int=parse_int, parse_float=parse_float, parse_constant=_reject_constant)
+
+
+def check_depth(raw: bytes, max_depth: int) -> None:
+    """Refuse nesting deeper than `max_depth` before any recursive parser sees it (RecursionError)."""
+    if raw.count(b"[") + raw.count(b"{") <= max_depth:
+        return  # cannot be deeper: the common case costs two C-speed scans
+    depth = 0
+    for m in _STRUCTURE.finditer(raw):
+        c = m.group()[0]
+        if c in _OPEN:
+            depth += 1
+            if depth > max_depth:
+                raise JsonBodyError(f"request body is nested deeper than {max_depth} levels")
+        elif c in _CLOSE:
+            depth -= 1
+
+
+def _decoder_for(raw: bytes, max_digits: int) -> json.JSONDecoder:
+    # a run of more than max_digits digits somewhere (maybe inside a string): parse with checking hooks
+    if re.search(rb"\d{%d}" % (max_digits + 1), raw):
+        return _digits_decoder(max_digits)
+    return _DECODER
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode(json.detect_encoding(raw), "surrogatepass")
+    except (UnicodeDecodeError, LookupError) as e:
+        raise JsonBodyError(f"request body is not valid JSON: {e}") from None
+
+
+def loads(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, max_digits: int = DEFAULT_MAX_DIGITS) -> Any:
+    """`json.loads(raw)` under the limits; every failure is a JsonBodyError (never RecursionError)."""
+    check_depth(raw, max_depth)
+    decoder = _decoder_for(raw, max_digits)
+    try:
+        return decoder.decode(_text(raw))
+    except JsonBodyError:
+        raise
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, int() digit limit
+        raise JsonBodyError(f"request body is not valid JSON: {e}") from None
+
+
+@dataclass(frozen=True)
+class JsonObject:
+    """A parsed top-level object, its text, and where each top-level member's value sits in the text."""
+
+    value: dict[str, Any]
+    text: str
+    spans: dict[str, tuple[int, int]]  # key -> (start, end) of its value in `text`; keys seen once only
+    ascii: bool  # text offsets are byte offsets
+
+
+def loads_object(
+    raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, max_digits: int = DEFAULT_MAX_DIGITS
+) -> JsonObject | Any:
+    """Parse `raw`; a top-level object comes back as a JsonObject (with member spans), anything else as is.
+
+    The members are walked here and each value is parsed by the C scanner, so the cost is that of
+    json.loads plus a few Python steps per top-level member. Keys are the decoded keys: `"\\u006dodel"`
+    is `model`. A key given twice keeps its last value (like json.loads) and gets no span.
+    """
+    check_depth(raw, max_depth)
+    decoder = _decoder_for(raw, max_digits)
+    s = _text(raw)
+    try:
+        return _walk(s, decoder, raw.isascii())
+    except JsonBodyError:
+        raise
+    except (ValueError, RecursionError, IndexError) as e:
+        raise JsonBodyError(f"request body is not valid JSON: {e}") from None
+
+
+def _walk(s: str, decoder: json.JSONDecoder, ascii_: bool) -> JsonObject | Any:
+    ws = WHITESPACE.match
+    i = ws(s, 0).end()
+    if not s.startswith("{", i):
+        return decoder.decode(s)
+    scan = decoder.scan_once
+    value: dict[str, Any] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    seen_twice: set[str] = set()
+    i = ws(s, i + 1).end()
+    if s.startswith("}", i):
+        i += 1
+    else:
+        while True:
+            if not s.startswith('"', i):
+                raise json.JSONDecodeError("Expecting property name enclosed in double quotes", s, i)
+            key, i = scanstring(s, i + 1, True)
+            i = ws(s, i).end()
+            if not s.startswith(":", i):
+                raise json.JSONDecodeError("Expecting ':' delimiter", s, i)
+            start = ws(s, i + 1).end()
+            try:
+                member, i = scan(s, start)
+            except StopIteration as e:
+                raise json.JSONDecodeError("Expecting value", s, e.value) from None
+            if key in value:
+                seen_twice.add(key)
+            value[key] = member
+            spans[key] = (start, i)
+            i = ws(s, i).end()
+            if s.startswith(",", i):
+                i = ws(s, i + 1).end()
+                continue
+            if s.startswith("}", i):
+                i += 1
+                break
+            raise json.JSONDecodeError("Expecting ',' delimiter", s, i)
+    if ws(s, i).end() != len(s):
+        raise json.JSONDecodeError("Extra data", s, i)
+    for k in seen_twice:
+        del spans[k]
+    return JsonObject(value, s, spans, ascii_)
+
+
+def replace_member(raw: bytes, obj: JsonObject, key: str, new_value: Any) -> bytes:
+    """`raw` with the value of top-level member `key` replaced (other bytes untouched); re-serialised
+    when the key has no unique span (absent or duplicated)."""
+    span = obj.spans.get(key)
+    if span is None:
+        body = {**obj.value, key: new_value}
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    a, b = span
+    new = json.dumps(new_value, ensure_ascii=False).encode()
+    if obj.ascii:
+        return raw[:a] + new + raw[b:]
+    # offsets are in characters: convert them to bytes of the UTF-8 body
+    if not raw.startswith(b"\xef\xbb\xbf") and json.detect_encoding(raw) == "utf-8":
+        ba = len(obj.text[:a].encode("utf-8", "surrogatepass"))
+        bb = ba + len(obj.text[a:b].encode("utf-8", "surrogatepass"))
+        return raw[:ba] + new + raw[bb:]
+    return (obj.text[:a] + new.decode() + obj.text[b:]).encode("utf-8", "surrogatepass")

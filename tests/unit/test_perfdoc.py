@@ -1,0 +1,66 @@
+"""docs/PERFORMANCE.md is generated from results/benchmarks/*.json (analysis.perfdoc) and stays in sync."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+
+import click
+import pytest
+
+from analysis import perfdoc
+from system.bench.cli import BENCHES, bench
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_performance_doc_is_in_sync_with_the_committed_json() -> None:
+    text = perfdoc.DOC.read_text()
+    assert {"targets", "accuracy", "gateway", "sim", "soak", "classifier"} <= set(perfdoc.blocks(text))
+    assert perfdoc.render(text, perfdoc.load_results()) == text, "run `python -m analysis.perfdoc`"
+    assert perfdoc.main(["--check"]) == 0
+
+
+def test_a_changed_json_figure_changes_the_doc_and_only_inside_blocks() -> None:
+    results = perfdoc.load_results()
+    text = "intro 27.4 stays\n<!-- generated:targets -->\nold\n<!-- /generated:targets -->\ntail\n"
+    before = perfdoc.render(text, results)
+    assert "| classifier `predict()` p50, 500-character prompt | ≤ 100 µs | 27.4 µs | met (1 run) |" in before
+    slower = copy.deepcopy(results)
+    slower["classifier"]["predict_500_chars"]["p50_us"] = 123.4
+    after = perfdoc.render(text, slower)
+    assert "| 123.4 µs | missed (1 run) |" in after
+    assert after.startswith("intro 27.4 stays\n") and after.endswith("<!-- /generated:targets -->\ntail\n")
+    assert "old" not in after
+
+
+def test_unknown_block_and_stale_doc_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="nope"):
+        perfdoc.render("<!-- generated:nope -->\nx\n<!-- /generated:nope -->\n", {})
+    doc = tmp_path / "PERF.md"
+    doc.write_text("<!-- generated:soak -->\nhand-copied 1,234\n<!-- /generated:soak -->\n")
+    assert perfdoc.main(["--doc", str(doc), "--check"]) == 1
+    assert perfdoc.main(["--doc", str(doc)]) == 0
+    assert "hand-copied" not in doc.read_text() and "180,614" in doc.read_text()
+
+
+def _path_defaults(cmd: click.Command) -> list[str]:
+    return [
+        str(p.default)
+        for p in cmd.params
+        if isinstance(p, click.Option) and p.name in ("out", "md", "markdown_out") and p.default
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(BENCHES))
+def test_bench_defaults_never_point_at_tracked_files(name: str) -> None:
+    cmd = bench.get_command(click.Context(bench), name)
+    defaults = _path_defaults(cmd)
+    assert defaults, f"bench {name} has no --out"
+    for d in defaults:
+        assert d.startswith("results/benchmarks/local/"), d
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", d], cwd=ROOT, capture_output=True)
+        assert tracked.returncode != 0, f"{d} is tracked"
+        ignored = subprocess.run(["git", "check-ignore", "-q", d], cwd=ROOT)
+        assert ignored.returncode == 0, f"{d} is not git-ignored"
