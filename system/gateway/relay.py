@@ -41,9 +41,10 @@ CUT_EXTENSION = "expert_router.cut"
 class RelayResponse(Response):
     """Sends the request upstream and relays the answer through raw ASGI messages.
 
-    Streams are relayed as the upstream's bytes arrive (`readany`: whatever is buffered, no per-event
-    parsing, no re-framing); a watcher task turns a client disconnect into cancellation of the upstream
-    request at once, whether the response is streaming or not.
+    Streams are relayed as the upstream's bytes arrive, never parsed as events: written from the expert
+    socket's callback straight to uvicorn's transport (`_pipe`, the default), or else one ASGI message per
+    `readany`. A client disconnect cancels the upstream request at once, streaming or not (`_hook_disconnect`
+    under uvicorn's httptools cycle, a watcher task otherwise).
     """
 
     def __init__(
