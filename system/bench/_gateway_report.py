@@ -60,8 +60,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 f"{a['errors']} |"
             )
     lines += ["", "| target | estimate [95 % CI] | verdict |", "|---|---|---|"]
+    fmts = {"added_ttft_p99_le_5ms_500": "{:+.1f} ms", "throughput_kept_ge_99pct_500": "{:.1%}"}
     for k, v in doc["verdicts"].items():
-        est = _estimate(v)
+        est = _estimate(v, fmts.get(k, "{:.3f}"))
         lines.append(f"| `{k}` | {est} | **{v['verdict']}** |")
     lines += [
         "",
@@ -93,12 +94,12 @@ def write_markdown(path: Path, doc: dict[str, Any], levels: list[int] | None = N
     path.write_text(render_markdown(doc))
 
 
-def _estimate(v: dict[str, Any]) -> str:
+def _estimate(v: dict[str, Any], fmt: str = "{:.3f}") -> str:
     if "ratio" in v:
         return f"{_ci(v, '{:.2f}', 'ratio')}×"
     if "margin_ms" in v:
         return f"margin {_ci(v['margin_ms'])} ms (drift {v['drift_ms']:.2f} ms)"
-    return _ci(v, "{:.3f}")
+    return _ci(v, fmt)
 
 
 def target_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -107,9 +108,10 @@ def target_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     v = doc["verdicts"]
     rows: list[tuple[str, str, str, str]] = []
 
-    def add(key: str, figure: str, target: str) -> None:
+    def add(key: str, figure: str, target: str, fmt: str = "{:.3f}") -> None:
         if key in v:
-            rows.append((figure, target, _estimate(v[key]), f"{v[key]['verdict']} ({reps} reps, 95 % CI)"))
+            est = _estimate(v[key], fmt)
+            rows.append((figure, target, est, f"{v[key]['verdict']} ({reps} reps, 95 % CI)"))
 
     for n in doc["meta"]["users"]:
         add(
@@ -124,6 +126,6 @@ def target_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"gateway added TTFT p50 vs vllm-router, {n} streams",
             "≤ 1.5× (margin 1.5 × theirs − ours > 0)",
         )
-    add("added_ttft_p99_le_5ms_500", "gateway added TTFT p99, 500 streams", "≤ 5 ms")
-    add("throughput_kept_ge_99pct_500", "gateway throughput kept, 500 streams", "≥ 99 %")
+    add("added_ttft_p99_le_5ms_500", "gateway added TTFT p99, 500 streams", "≤ 5 ms", "{:+.1f} ms")
+    add("throughput_kept_ge_99pct_500", "gateway throughput kept, 500 streams", "≥ 99 %", "{:.1%}")
     return rows
