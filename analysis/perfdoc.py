@@ -29,7 +29,16 @@ Results = dict[str, dict[str, Any]]
 def load_results(bench_dir: Path = BENCH_DIR) -> Results:
     """benchmark name -> its committed JSON ({} when a file is missing)."""
     out: Results = {}
-    for name in ("accuracy", "classifier", "gateway", "sim", "soak", "tokens_window"):
+    for name in (
+        "accuracy",
+        "classifier",
+        "gateway",
+        "gateway_options",
+        "gateway_workers",
+        "sim",
+        "soak",
+        "tokens_window",
+    ):
         f = bench_dir / f"{name}.json"
         out[name] = json.loads(f.read_text()) if f.is_file() else {}
     return out
@@ -195,6 +204,18 @@ def gateway(r: Results) -> str:
     return re.sub(r"^## ", "### ", text, flags=re.M)
 
 
+def _gateway_extra(name: str, title: str) -> Callable[[Results], str]:
+    """A further `bench gateway` run (options measured separately), rendered like the main one."""
+
+    def render(r: Results) -> str:
+        from system.bench._gateway_report import render_markdown
+
+        doc = r.get(name) or {}
+        return render_markdown(doc, title).strip() if doc else f"No `{name}.json`."
+
+    return render
+
+
 def accuracy(r: Results) -> str:
     from system.bench.accuracy import markdown_table
 
@@ -298,6 +319,12 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "sim": sim,
     "classifier": classifier,
     "gateway": gateway,
+    "gateway_options": _gateway_extra(
+        "gateway_options", "Gateway server options, first screening (`gateway_options.json`)"
+    ),
+    "gateway_workers": _gateway_extra(
+        "gateway_workers", "Gateway with 2 worker processes (`gateway_workers.json`)"
+    ),
     "accuracy": accuracy,
     "soak": soak,
 }

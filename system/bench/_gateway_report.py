@@ -22,12 +22,14 @@ def _ci(est: dict[str, Any] | None, fmt: str = "{:+.2f}", key: str = "mean") -> 
     return s
 
 
-def render_markdown(doc: dict[str, Any]) -> str:
+def render_markdown(
+    doc: dict[str, Any], title: str = "Gateway overhead and CPU cost (`expert-router bench gateway`)"
+) -> str:
     meta = doc["meta"]
     levels = meta["users"]
     arms = meta["arms"]
     lines = [
-        "### Gateway overhead and CPU cost (`expert-router bench gateway`)",
+        f"### {title}",
         "",
         f"Measured {meta['date']} on {meta['cpu_count']} × {meta['host_cpu']} (load average at the end "
         f"{meta.get('load_avg_end')}, other jobs sharing the machine); upstream: {meta['upstream']}; "
@@ -74,7 +76,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     if meta.get("options"):
         lines += [
             "",
-            "Options measured in this run: "
+            "Options requested in this run: "
             + "; ".join(
                 f"`{o}` = {' '.join(v['args']) or ''}{' ' if v['args'] and v['env'] else ''}"
                 f"{' '.join(f'{k}={x}' for k, x in v['env'].items())}"
@@ -83,7 +85,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
             + ".",
         ]
     if meta.get("errors"):
-        lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in meta["errors"].items())]
+        # the first line only: the JSON keeps the log tail
+        errs = "; ".join(f"{k}: {v.splitlines()[0].split(' (')[0]}" for k, v in meta["errors"].items())
+        lines += ["", f"Not measured: {errs}."]
     lines += ["", f"Reproduce: `{meta['command']}`.", ""]
     return "\n".join(lines)
 
