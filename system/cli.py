@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("system.bench.cli:bench", "Benchmarks: sim, classifier, accuracy, gateway, soak."),
     "calibrate": ("system.calibration.calibrate:calibrate", "Fit a sim profile to measured engine runs."),
     "demo": ("system.demo:demo", "Quickstart: routed vs single on the simulator, then the report."),
+    "loadgen": ("system.runner.remote_worker:loadgen", "Locust workers on other hosts for --remote-workers."),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -183,6 +184,7 @@ def records(sizes: str, reps: int, out: str) -> None:
     if len(ns) < 3 or ns[0] < 1000:
         raise click.BadParameter("--sizes needs >= 3 distinct counts >= 1000 (the fit reports LOO error)")
     samples: list[dict[str, Any]] = []
+    load_start = list(os.getloadavg())
     for n in ns:
         with tempfile.TemporaryDirectory(prefix="bench-records-") as tmp:
             run = Path(tmp) / "run"
@@ -215,6 +217,7 @@ def records(sizes: str, reps: int, out: str) -> None:
             "steps": len(CONFIGS) * len(USERS),
             "tokens_per_record": "uniform 32-96 (mean 64), one inter-token gap per token in itl_s",
         },
+        "load_average": {"start": load_start, "end": list(os.getloadavg())},
         "disk_mb_per_million": fit("write", "disk_bytes")["per_million"] / 1e6,
         "disk_bytes_fit": fit("write", "disk_bytes"),
         "write_cpu_s": fit("write", "cpu_s"),

@@ -117,6 +117,8 @@ def calibrate_reference(
     loso = leave_one_step_out(steps, lengths)
     loro = leave_one_run_out(steps, lengths)
     cross = cross_shape(steps, lengths)
+    graph = [s for s in steps if s.cuda_graph]
+    budgets = {str(b): F.fit(graph, lengths, F.GRAPH_PARAMS, budgets=[b]).cost for b in F.TOKEN_BUDGETS}
     fitted_names = sorted({*F.GRAPH_PARAMS, *F.NOGRAPH_PARAMS})
     rep = {
         "data": DATA,
@@ -131,6 +133,7 @@ def calibrate_reference(
             "switch_s": "n/a (1 instance)",
         },
         "params": full.values,
+        "token_budget_search": {"what": "full-data least-squares cost per max_num_batched_tokens", **budgets},
         "leave_one_step_out": {"rows": loso, "summary": summarise(loso)},
         "leave_one_run_out": {"rows": loro, "summary": summarise(loro)},
         "cross_shape": {k: {"rows": v, "summary": summarise(v)} for k, v in cross.items()},

@@ -33,9 +33,9 @@ GRAPH_PARAMS: dict[str, tuple[float, float, float]] = {
 NOGRAPH_PARAMS: dict[str, tuple[float, float, float]] = {
     "launch_overhead_s": (1e-3, 1e-7, 0.05),  # host: kernel launches per layer per step, no CUDA graphs
 }
-# max_num_batched_tokens: not reported by the reference runs. Budgets of 256 and 512 tokens per step fit
-# the full data worse (least-squares cost 3.08 and 0.135 against 0.086 for 8192, docs/CALIBRATION.md), so
-# the fits use 8192 (no practical limit for <= 256 streams of ~120-token prompts).
+# max_num_batched_tokens: not reported by the reference runs. Smaller budgets fit the full data worse (the
+# report's token_budget_search, docs/CALIBRATION.md), so the fits use 8192 (no practical limit for <= 256
+# streams of ~120-token prompts).
 TOKEN_BUDGETS = (256, 512, 8192)
 DEFAULT_BUDGET = 8192
 UTIL_SCALE = 20.0  # 20 utilisation points weigh as much as a factor e in a latency or rate

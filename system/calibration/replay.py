@@ -114,7 +114,7 @@ def simulate_closed_loop(
     lengths lock into synchronized waves whose percentiles flip with tiny parameter changes.
     Each engine loops as SimEngine does: a step starts when the previous one ends (or at the arrival when
     idle), requests that arrived meanwhile join at the next step, tokens are due at the step's end. Engines
-    are independent (the sim does not model engines contending for one GPU or CPU).
+    are independent (no shared GPU: K engines on one GPU are system/engines/sim/colocate.py's job).
     Requests count when they end inside [warmup_s, duration_s]; with `target_requests` the replay stops
     early once that many did (the window then ends there): a cheaper estimate of a stationary step.
     """

@@ -27,8 +27,7 @@ def summary_table(summary: dict[str, dict[str, float]]) -> str:
     )
     lines = [head]
     for shape, s in summary.items():
-        if not s:
-            lines.append(f"| {shape} | not estimable (only run of its kind) | | | |")
+        if not s:  # no held-out step of this kind (e.g. the only no-graph run left out of a run-wise test)
             continue
         util = s.get("gpu_util_abs_err_points")
         lines.append(
@@ -71,11 +70,16 @@ def fit_tables(rep: dict[str, Any]) -> dict[str, str]:
         for k, v in rep["cross_shape"].items()
     )
     noise = ", ".join(f"{k} {v:.1f} %" for k, v in rep["run_to_run_noise_pct"].items())
+    search = rep.get("token_budget_search", {})
+    budget_rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in search.items() if k != "what")
     return {
+        "budget-search": "| max_num_batched_tokens | least-squares cost (full data) |\n|---|---|\n"
+        + budget_rows,
         "fit-params": "| parameter | fitted value |\n|---|---|\n" + params,
         "loso-summary": summary_table(rep["leave_one_step_out"]["summary"]),
         "loso-rows": rows_table(rep["leave_one_step_out"]["rows"]),
-        "loro-summary": summary_table(rep["leave_one_run_out"]["summary"]),
+        "loro-summary": summary_table(rep["leave_one_run_out"]["summary"])
+        + "\n\n1b-nograph: not estimable run-wise (the only no-graph run identifies the launch cost).",
         "loro-rows": rows_table(rep["leave_one_run_out"]["rows"]),
         "cross-shape": cross,
         "noise": f"Run-to-run noise (A-1b vs B-1b, same set-up, two days): {noise}.",
@@ -106,7 +110,8 @@ def splice(doc: Path, tables: dict[str, str]) -> None:
     text = doc.read_text()
     for name, body in tables.items():
         mark = MARK.format(name=name)
-        pat = re.compile(re.escape(mark) + r"\n.*?\n<!-- end -->", re.S)
+        # the shortest block up to its end marker, never running into another generated block
+        pat = re.compile(re.escape(mark) + r"\n(?:(?!<!-- generated:).)*?<!-- end -->", re.S)
         new = f"{mark}\n{body}\n<!-- end -->"
         if not pat.search(text):
             raise ValueError(f"{doc}: no marker for table {name!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import tempfile
@@ -69,7 +70,8 @@ def stack_up(
         )
         with st:
             for s in st.planned:
-                click.echo(f"  {s.role:8s} {s.name:16s} {s.launch.base_url}  (pid {st.procs[s.name].pid})")
+                where = "external" if s.launch.external else f"pid {st.procs[s.name].pid}"
+                click.echo(f"  {s.role:8s} {s.name:16s} {s.launch.base_url}  ({where})")
             click.echo(f"send requests to {st.target_url}/v1 with model {st.target_model!r}; Ctrl-C stops")
             while True:
                 dead = st.dead()
@@ -121,6 +123,25 @@ def validate(file: str) -> None:
 @click.option(
     "--force-resume", is_flag=True, help="Resume even though the config changed since the run began."
 )
+@click.option(
+    "--remote-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run each step's users on N remote `expert-router loadgen worker` processes (Locust master here).",
+)
+@click.option(
+    "--master-port",
+    type=click.IntRange(min=1, max=65534),
+    default=5557,
+    show_default=True,
+    help="Locust master port for --remote-workers; the control endpoint uses the next port.",
+)
+@click.option(
+    "--master-bind-host",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address the master and control endpoint listen on (--remote-workers).",
+)
 def run(
     file: str,
     out: str | None,
@@ -130,6 +151,9 @@ def run(
     results_root: str,
     no_progress: bool,
     force_resume: bool,
+    remote_workers: int | None,
+    master_port: int,
+    master_bind_host: str,
 ) -> None:
     """Run every configuration x users step x repetition of FILE; completed steps are skipped on re-run."""
     from system.processes import ServerStartError
@@ -151,11 +175,30 @@ def run(
         click.echo(describe_plan(cfg, run_dir, list(only) or None))
         return
     _sigterm_as_interrupt()
+    remote = None
+    if remote_workers:
+        from system.runner.remote import RemoteLocust
+
+        if cfg.load.kind != "users":
+            raise click.ClickException(
+                "--remote-workers runs closed-loop (users) steps only; this experiment's load is "
+                f"{cfg.load.kind!r}"
+            )
+
+        remote = RemoteLocust(
+            remote_workers, master_port, bind_host=master_bind_host, echo=lambda s: click.echo(s, err=True)
+        )
     runner = ExperimentRunner(
-        cfg, run_dir, only=list(only) or None, progress=not no_progress, force_resume=force_resume
+        cfg,
+        run_dir,
+        only=list(only) or None,
+        progress=not no_progress,
+        force_resume=force_resume,
+        locust_fn=remote,
     )
     try:
-        summary = runner.run()
+        with remote if remote is not None else contextlib.nullcontext():
+            summary = runner.run()
     except ServerStartError as e:
         click.echo(f"error: {e}", err=True)
         click.echo(f"completed steps are kept; fix the problem and resume with --out {run_dir}", err=True)

@@ -365,7 +365,7 @@ def run_step(ctx: StepContext, step: StepPlan) -> dict[str, Any]:
             s.stop()
     gpu = samplers[1]
     info["locust_returncode"] = rc
-    info["gpu_note"] = gpu.note  # type: ignore[attr-defined]
+    info["gpu_note"] = getattr(gpu, "note", "")  # SimGpuSampler has none: an empty note
     info["telemetry"] = {
         type(s).__name__: {"rows": s.rows_written, "errors": s.errors, "last_error": s.last_error}
         for s in samplers

@@ -219,7 +219,8 @@ def test_experiment_against_external_sims_gateway_and_dcgm(tmp_path: Path) -> No
         step = json.loads((step_dir / "step.json").read_text())
         assert step["status"] == "ok", step.get("message")
         df = read_records(record_files(step_dir / "records"))
-        assert len(df) > 0 and df["success"].all()
+        # requests still open when the step ended are recorded as "cut"; none may have failed
+        assert (df["outcome"] == "ok").sum() > 0 and set(df["outcome"]) <= {"ok", "cut"}
         # no expert process was launched here: no expert logs, externals listed without a pid
         logs = (
             {p.stem for p in (run / conf / "logs").glob("*.log")} if (run / conf / "logs").exists() else set()
@@ -235,7 +236,16 @@ def test_experiment_against_external_sims_gateway_and_dcgm(tmp_path: Path) -> No
     assert ext_gw["target_url"] == _url(gw) and ext_gw["target_model"] == "auto"
     assert not (run / "routed-ext-gw" / "gateway.yaml").exists()  # nothing configured or launched
 
-    from analysis.load import load_gpu
+    from analysis.load import load_all
+    from analysis.metrics import summarize
 
-    g = load_gpu(run)
-    assert set(g["source"]) == {"dcgm"} and g["in_window"].any()
+    data = load_all(run)
+    assert set(data.gpu["source"]) == {"dcgm"} and data.gpu["in_window"].any()
+    # the report's GPU columns from the cluster's exporter: 2 GPUs, their power summed per sample
+    summary = summarize(data.records, data.steps, gpu=data.gpu, metrics=data.metrics).set_index("config")
+    for conf in ("routed", "single", "routed-ext-gw"):
+        row = summary.loc[conf]
+        assert row["gpu_count"] == 2
+        assert row["gpu_power_w"] == pytest.approx(512.447 + 289.106)
+        assert row["gpu_mem_used_gib"] == pytest.approx((76451 + 37113) / 1024)
+        assert row["engine_running_mean"] >= 0  # the sims' /metrics (vllm:num_requests_running) were scraped

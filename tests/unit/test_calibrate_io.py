@@ -70,9 +70,8 @@ def test_calibrated_profiles_are_registered_with_provenance() -> None:
     assert round(PROFILES["transformers-cb-h100-llama-1b"].model.params / 1e7) == 110
     assert round(PROFILES["transformers-cb-h100-llama-8b"].model.params / 1e7) == 724
     # every registered profile says what backs it
-    assert all(
-        p.provenance.split(" ")[0] in ("datasheet-derived", "fitted", "validated") for p in PROFILES.values()
-    )
+    kinds = ("datasheet-derived", "fitted", "validated", "synthetic")
+    assert all(p.provenance.split(" ")[0] in kinds for p in PROFILES.values())
 
 
 def test_points_csv_and_json(tmp_path: Path) -> None:

@@ -405,6 +405,7 @@ def _build_registry() -> dict[str, Profile]:
         output_len_median=32.0,
         output_len_sigma=0.5,
         description="tiny synthetic model: ~20 ms steps (tests, demos, benchmarks)",
+        provenance="synthetic (tests, demos, benchmarks; no real GPU behind it)",
     )
     return reg
 

@@ -126,6 +126,8 @@ class SimApp:
         p = self.profile
         natural = natural_output_len(pr.seed_key, self.seed, p.output_len_median, p.output_len_sigma)
         n_out, reason = resolve_output_len(natural, pr.max_tokens, pr.min_tokens, pr.ignore_eos)
+        if p.request_latency_s > 0:  # the front-end's per-request time outside the step loop (costmodel)
+            await asyncio.sleep(p.request_latency_s)
         try:
             req = self.engine.submit(pr.prompt_tokens, n_out, reason, stream=pr.stream)
         except ValueError as e:  # cannot fit the KV cache even alone (validation should prevent it)
