@@ -208,16 +208,18 @@ def harness_error(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _group_stats(win: pd.DataFrame) -> dict[str, float]:
-    ok = win[win["success"]]
+def _group_stats(win: pd.DataFrame, cut_records: int = 0) -> dict[str, float]:
+    """Counts and distributions of the window's requests; `cut_records`: the steps' cut records, counted
+    whatever their end time (they end at the cut, which can fall just past the window's end)."""
     outcome = win["outcome"] if "outcome" in win else win["success"].map({True: "ok", False: "error"})
-    cut = int((outcome == "cut").sum())
-    out: dict[str, float] = {"requests": float(len(ok)), "failed": float((outcome == "error").sum())}
-    out["cut"] = float(cut)
+    done = win[outcome != "cut"]
+    ok = done[done["success"]]
+    out: dict[str, float] = {"requests": float(len(ok)), "failed": float((~done["success"]).sum())}
+    out["cut"] = float(cut_records)
     # a cut request was not refused, it was still running when the step ended: not an error
-    done = len(win) - cut
-    out["error_rate"] = out["failed"] / done if done else float("nan")
-    out["cut_share"] = cut / len(win) if len(win) else float("nan")
+    out["error_rate"] = out["failed"] / len(done) if len(done) else float("nan")
+    total = len(done) + cut_records
+    out["cut_share"] = cut_records / total if total else float("nan")
     out.update(latency_stats(ok["ttft_s"], "ttft"))
     out.update(latency_stats(ok["tpot_s"], "tpot"))
     # every gap between successive content chunks of every request, pooled (vLLM bench's "ITL"); named
@@ -290,7 +292,8 @@ def summarize(
         for _, step in st.iterrows():
             mask |= _step_mask(df, step)
         win = df[mask & df["in_window"]]
-        row.update(_group_stats(win))
+        cuts = int((df.loc[mask, "outcome"] == "cut").sum()) if "outcome" in df else 0
+        row.update(_group_stats(win, cuts))
         bsel = (balance["config"] == config) & (balance["load_kind"] == kind) & (balance["load"] == load)
         row.update(_balance_stats(balance[bsel]))
         rows.append(row)

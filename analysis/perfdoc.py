@@ -12,7 +12,6 @@ import argparse
 import json
 import re
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,9 +82,12 @@ def targets(r: Results) -> str:
             )
         )
     g = r["gateway"]
-    if "verdicts" in g:  # bench gateway with repetitions: its own CI-based verdicts
-        rows += gateway_target_rows(g)
-    for n in (100, 500) if "verdicts" not in g else ():
+    if g and _gateway_new_format(g):  # bench gateway with repetitions: its own CI-based verdicts
+        from system.bench._gateway_report import target_rows
+
+        rows += target_rows(g)
+        g = {}
+    for n in (100, 500):
         ours, peer = g.get(f"added_ttft_p50_ms_{n}"), g.get(f"peer_vllm_router_added_ttft_p50_ms_{n}")
         if ours is None or peer is None:
             continue
@@ -102,10 +104,10 @@ def targets(r: Results) -> str:
                 status,
             )
         )
-    if "added_ttft_p99_ms_500" in g and "verdicts" not in g:
+    if "added_ttft_p99_ms_500" in g:
         v = g["added_ttft_p99_ms_500"]
         rows.append(("gateway added TTFT p99, 500 streams", "≤ 5 ms", f"{v:+.1f} ms", _status(v <= 5.0)))
-    if "throughput_kept_500" in g and "verdicts" not in g:
+    if "throughput_kept_500" in g:
         v = g["throughput_kept_500"]
         rows.append(("gateway throughput kept, 500 streams", "≥ 99 %", f"{v:.1%}", _status(v >= 0.99)))
     a = r["accuracy"]
@@ -185,23 +187,79 @@ def classifier(r: Results) -> str:
     return _markdown(r["classifier"]).strip() if r["classifier"] else "No `classifier.json`."
 
 
-def gateway_target_rows(g: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    from system.bench._gateway_report import target_rows
+def _gateway_new_format(doc: dict[str, Any]) -> bool:
+    """`bench gateway` JSON with repetitions and CIs (levels + verdicts), rendered by its own module."""
+    return isinstance(doc.get("levels"), dict) and isinstance(doc.get("verdicts"), dict)
 
-    return target_rows(g)
+
+def _gateway_legacy(doc: dict[str, Any]) -> str:
+    """The single-run `bench gateway` JSON (flat `<figure>_<N>` keys) as a table."""
+    meta = doc["meta"]
+    levels = [int(u) for u in meta["users"]]
+    names = (("", "ours"), ("peer_vllm_router_", "vllm-router"), ("peer_litellm_", "LiteLLM"))
+
+    def f(v: Any, fmt: str = "{:+.2f}") -> str:
+        return "–" if v is None else fmt.format(v)
+
+    lines = [
+        "### Gateway overhead (`expert-router bench gateway`)",
+        "",
+        f"Measured {meta['date']} on {meta['cpu_count']} × {meta['host_cpu']}; upstream: {meta['upstream']}; "
+        f"{meta['seconds']:g} s per run after {meta['warmup_s']:g} s warm-up; core pinning "
+        f"{meta['pinning']}. "
+        "Every run is a closed loop of N streaming users; *added* TTFT is the proxy's TTFT percentile "
+        "minus the "
+        "direct percentile in the same run. One run, no CI.",
+        "",
+        "| streams | direct TTFT p50 / p99 (ms) | "
+        + " | ".join(f"{n} added p50 / p99 (ms)" for _, n in names)
+        + " | throughput kept (ours / vllm-router / LiteLLM)"
+        + " | proxy CPU µs per request (ours / vllm-router / LiteLLM) |",
+        "|---:|---:|" + "---:|" * len(names) + "---:|---:|",
+    ]
+    for n in levels:
+        row = [
+            str(n),
+            f(doc.get(f"direct_ttft_p50_ms_{n}"), "{:.2f}")
+            + " / "
+            + f(doc.get(f"direct_ttft_p99_ms_{n}"), "{:.2f}"),
+        ]
+        for prefix, _ in names:
+            p50, p99 = doc.get(f"{prefix}added_ttft_p50_ms_{n}"), doc.get(f"{prefix}added_ttft_p99_ms_{n}")
+            cell = f"{f(p50)} / {f(p99)}"
+            if doc.get(f"{prefix}errors_{n}"):
+                cell += f" ({doc[f'{prefix}errors_{n}']} errors)"
+            row.append(cell)
+        row.append(" / ".join(f(doc.get(f"{p}throughput_kept_{n}"), "{:.1%}") for p, _ in names))
+        row.append(" / ".join(f(doc.get(f"{p}cpu_us_per_request_{n}"), "{:.0f}") for p, _ in names))
+        lines.append("| " + " | ".join(row) + " |")
+    drift = [
+        f"{n}: {doc[f'direct_drift_p50_ms_{n}']:+.2f} ms" for n in levels if f"direct_drift_p50_ms_{n}" in doc
+    ]
+    lines += [
+        "",
+        "Direct-to-direct drift of p50 TTFT within each level (the noise floor): " + ", ".join(drift) + ".",
+    ]
+    if "classifier_predict_us_p50" in doc:
+        lines += [
+            "",
+            f"Classifier in the gateway's request path: predict p50 {doc['classifier_predict_us_p50']} "
+            "µs, p99 "
+            f"{doc['classifier_predict_us_p99']} µs ({doc['classifier_predictions_per_s']:,} predictions/s).",
+        ]
+    lines += ["", f"Reproduce: `{meta['command']} --out results/benchmarks/gateway.json`."]
+    return "\n".join(lines)
 
 
 def gateway(r: Results) -> str:
-    from system.bench._gateway_report import write_markdown
-
     doc = r["gateway"]
     if not doc:
         return "No `gateway.json`."
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "gateway.md"
-        write_markdown(path, doc, [int(u) for u in doc["meta"]["users"]])
-        text = path.read_text().strip()
-    return re.sub(r"^## ", "### ", text, flags=re.M)
+    if _gateway_new_format(doc):
+        from system.bench._gateway_report import render_markdown
+
+        return render_markdown(doc).strip()
+    return _gateway_legacy(doc)
 
 
 def _gateway_extra(name: str, title: str) -> Callable[[Results], str]:
@@ -303,12 +361,16 @@ def tokens_window(r: Results) -> str:
             f"{s['completed_rel_diff']:+.2%} |"
         )
     host = t.get("host") or {}
+    within = sum(1 for s in t["steps"] if abs(s["rel_diff"]) <= t["tolerance"])
     lines += [
         "",
+        f"{within} of {len(t['steps'])} steps within {t['tolerance']:.0%}. "
         f"Largest difference: windowed {t['max_abs_rel_diff']:.2%} (target ≤ {t['tolerance']:.0%}), "
         f"old completion count {t['max_abs_completed_rel_diff']:.2%}; {len(t['steps'])} steps of "
         f"`{t['experiment']}` on {host.get('cpu_model', '?')} ({host.get('cpu_count_logical', '?')} CPUs).",
     ]
+    if t.get("note"):
+        lines += ["", f"Run note: {t['note']}."]
     return "\n".join(lines)
 
 

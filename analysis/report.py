@@ -14,6 +14,7 @@ from typing import Any
 import jinja2
 import pandas as pd
 
+from analysis.flags import usable
 from analysis.load import RunData, is_records_dir, load_steps
 from analysis.metrics import expert_balance
 from analysis.plots import plot_all
@@ -313,7 +314,10 @@ def _with_text(df: pd.DataFrame) -> pd.DataFrame:
 def _saturation_text(v: Verdict) -> list[str]:
     out = []
     for config, sat in v.saturation.items():
-        if sat is None:
+        rows = v.summary[(v.summary["config"] == config) & (v.summary["load_kind"] == v.load_kind)]
+        if sat is None and not any(usable(list(f)) for f in rows["flags"]):
+            out.append(f"{config}: not judged, every step is flagged.")
+        elif sat is None:
             out.append(f"{config}: not saturated in the loads measured.")
         else:
             out.append(

@@ -86,27 +86,55 @@ def ci(dist: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
 
 
 def rate_ci(reps: Sequence[RepData], n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, np.ndarray]:
-    """(point estimate, bootstrap distribution) of a per-window rate."""
-    return rate_point(reps), bootstrap(reps, rate_point, n_boot, seed)
+    """(point estimate, bootstrap distribution) of a per-window rate (vectorised `bootstrap` scheme)."""
+    point = rate_point(reps)
+    reps = [RepData(_finite(r.values), r.window_s) for r in reps if r.window_s > 0]
+    if not reps or all(r.values.size == 0 for r in reps):
+        return point, np.full(n_boot, math.nan)
+    rng = np.random.default_rng(seed)
+    k = len(reps)
+    chosen = rng.integers(0, k, (n_boot, k)) if k >= 2 else np.zeros((n_boot, 1), dtype=int)
+    # per repetition, an independent resampled sum for every (resample, position) it may be drawn into
+    sums = np.zeros((k, n_boot, chosen.shape[1]))
+    for j, r in enumerate(reps):
+        n = r.values.size
+        if n:
+            draws = r.values[rng.integers(0, n, (n_boot, chosen.shape[1], n))]
+            sums[j] = draws.sum(axis=2) / r.window_s
+    rows = np.arange(n_boot)[:, None]
+    cols = np.arange(chosen.shape[1])[None, :]
+    return point, sums[chosen, rows, cols].mean(axis=1)
 
 
 def percentile_ci(
     reps: Sequence[RepData], q: float, n_boot: int = N_BOOT, seed: int = 0
 ) -> tuple[float, np.ndarray]:
-    """(point estimate, bootstrap distribution) of a pooled percentile."""
+    """(point estimate, bootstrap distribution) of a pooled percentile (vectorised; same scheme as bootstrap).
+
+    Resamples that drew the same multiset of repetitions pool the same number of requests, so each such
+    group is one matrix of draws.
+    """
     point = percentile_point(reps, q)
-    if len(reps) == 1:  # the common case, vectorised: the same draws as bootstrap() would make
-        a = _finite(reps[0].values)
-        if a.size == 0:
-            return point, np.full(n_boot, math.nan)
-        rng = np.random.default_rng(seed)
-        out = np.empty(n_boot)
-        chunk = max(1, min(n_boot, 2_000_000 // a.size))  # bound the index matrix's memory
-        for i in range(0, n_boot, chunk):
-            k = min(chunk, n_boot - i)
-            out[i : i + k] = np.percentile(a[rng.integers(0, a.size, (k, a.size))], q, axis=1)
-        return point, out
-    return point, bootstrap(reps, lambda rs: percentile_point(rs, q), n_boot, seed)
+    arrays = [_finite(r.values) for r in reps]
+    if not arrays or all(a.size == 0 for a in arrays):
+        return point, np.full(n_boot, math.nan)
+    rng = np.random.default_rng(seed)
+    k = len(arrays)
+    chosen = np.sort(rng.integers(0, k, (n_boot, k)), axis=1) if k >= 2 else np.zeros((n_boot, 1), dtype=int)
+    out = np.full(n_boot, math.nan)
+    keys, inverse = np.unique(chosen, axis=0, return_inverse=True)
+    for g, key in enumerate(keys):
+        idx = np.flatnonzero(inverse.ravel() == g)
+        parts = [arrays[j] for j in key if arrays[j].size]
+        if not parts:
+            continue
+        size = sum(a.size for a in parts)
+        chunk = max(1, 2_000_000 // size)  # bound the draw matrix's memory
+        for i in range(0, idx.size, chunk):
+            sel = idx[i : i + chunk]
+            pooled = np.concatenate([a[rng.integers(0, a.size, (sel.size, a.size))] for a in parts], axis=1)
+            out[sel] = np.percentile(pooled, q, axis=1)
+    return point, out
 
 
 def diff_ci(dist_a: np.ndarray, dist_b: np.ndarray, level: float = LEVEL) -> tuple[float, float]:

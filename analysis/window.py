@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,48 +18,48 @@ import pandas as pd
 COUNTER = "vllm:generation_tokens_total"
 
 
-def chunk_times_tokens(row: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(arrival times, tokens) of one record's content chunks; empty when it received none."""
-    ttft = float(row["ttft_s"]) if row["ttft_s"] is not None else math.nan
-    start = float(row["start_ts"])
-    if not (math.isfinite(ttft) and math.isfinite(start)):
+def chunk_arrays(records: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(arrival time, tokens) of every content chunk of every record, flattened (vectorised)."""
+    if records.empty:
         return np.empty(0), np.empty(0)
-    gaps = np.asarray(row["itl_s"] if isinstance(row["itl_s"], list | tuple) else [], dtype=float)
-    times = start + ttft + np.concatenate([[0.0], np.cumsum(gaps)])
-    n = times.size
-    given = row.get("chunk_tokens") if hasattr(row, "get") else None
-    if isinstance(given, list | tuple) and len(given) == n:
-        tokens = np.asarray(given, dtype=float)
-    else:
-        total = max(int(row["output_tokens"]), 0)
-        tokens = np.full(n, total / n) if total else np.zeros(n)
+    start = pd.to_numeric(records["start_ts"], errors="coerce").to_numpy(dtype=float)
+    ttft = pd.to_numeric(records["ttft_s"], errors="coerce").to_numpy(dtype=float)
+    valid = np.isfinite(start) & np.isfinite(ttft)
+    itl = [x if isinstance(x, list | tuple) else [] for x in records["itl_s"].tolist()]
+    n = np.array([len(x) + 1 for x in itl]) * valid
+    if not n.sum():
+        return np.empty(0), np.empty(0)
+    gaps = np.fromiter(
+        (g for x, ok in zip(itl, valid, strict=True) if ok for g in (0.0, *x)),
+        dtype=float,
+        count=int(n.sum()),
+    )
+    cs = np.cumsum(gaps)
+    first = np.concatenate([[0], np.cumsum(n)[:-1]])[n > 0]
+    times = np.repeat((start + ttft)[n > 0], n[n > 0]) + cs - np.repeat(cs[first], n[n > 0])
+    out = np.repeat(
+        pd.to_numeric(records["output_tokens"], errors="coerce").fillna(0).clip(lower=0).to_numpy(), n
+    )
+    tokens = out / np.repeat(np.maximum(n, 1), n)  # even spread by default
+    if "chunk_tokens" in records:
+        pos = 0
+        for given, k in zip(records["chunk_tokens"].tolist(), n, strict=True):
+            if k and isinstance(given, list | tuple) and len(given) == k:
+                tokens[pos : pos + k] = np.asarray(given, dtype=float)
+            pos += k
     return times, tokens
 
 
 def tokens_in_window(records: pd.DataFrame, window_start: float, window_end: float) -> float:
     """Output tokens whose chunk arrived inside [window_start, window_end], over all records given."""
-    total = 0.0
-    for row in records.to_dict("records"):
-        times, tokens = chunk_times_tokens(row)
-        if times.size:
-            total += float(tokens[(times >= window_start) & (times <= window_end)].sum())
-    return total
+    times, tokens = chunk_arrays(records)
+    return float(tokens[(times >= window_start) & (times <= window_end)].sum())
 
 
 def windowed_output_tps(records: pd.DataFrame, window_start: float, window_end: float) -> float:
     """Output tokens/s generated inside the window (tokens_in_window / window length); NaN for no window."""
     span = window_end - window_start
     return tokens_in_window(records, window_start, window_end) / span if span > 0 else math.nan
-
-
-def request_window_tokens(records: pd.DataFrame, window_start: float, window_end: float) -> np.ndarray:
-    """Per record, its in-window tokens (the unit the bootstrap resamples)."""
-    out = np.zeros(len(records))
-    for i, row in enumerate(records.to_dict("records")):
-        times, tokens = chunk_times_tokens(row)
-        if times.size:
-            out[i] = float(tokens[(times >= window_start) & (times <= window_end)].sum())
-    return out
 
 
 def n_blocks(window_s: float) -> int:
@@ -70,17 +69,8 @@ def n_blocks(window_s: float) -> int:
 
 def token_blocks(records: pd.DataFrame, window_start: float, window_end: float, blocks: int) -> np.ndarray:
     """In-window output tokens per equal time block of the window (the unit the rate bootstrap resamples)."""
-    out = np.zeros(blocks)
-    span = window_end - window_start
-    if span <= 0:
-        return out
-    for row in records.to_dict("records"):
-        times, tokens = chunk_times_tokens(row)
-        inside = (times >= window_start) & (times <= window_end)
-        if inside.any():
-            idx = np.minimum(((times[inside] - window_start) / span * blocks).astype(int), blocks - 1)
-            np.add.at(out, idx, tokens[inside])
-    return out
+    times, tokens = chunk_arrays(records)
+    return event_blocks(times, tokens, window_start, window_end, blocks)
 
 
 def event_blocks(

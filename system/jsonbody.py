@@ -63,9 +63,13 @@ def check_depth(raw: bytes, max_depth: int) -> None:
             depth -= 1
 
 
+_DIGIT_MAP = bytes(1 if 48 <= i <= 57 else 0 for i in range(256))  # digits -> 1, anything else -> 0
+
+
 def _decoder_for(raw: bytes, max_digits: int) -> json.JSONDecoder:
-    # a run of more than max_digits digits somewhere (maybe inside a string): parse with checking hooks
-    if re.search(rb"\d{%d}" % (max_digits + 1), raw):
+    # a run of more than max_digits digits somewhere (maybe inside a string): parse with checking hooks.
+    # translate + `in` is ~5x cheaper than the regex \d{N} (which restarts at every digit)
+    if b"\x01" * (max_digits + 1) in raw.translate(_DIGIT_MAP):
         return _digits_decoder(max_digits)
     return _DECODER
 
@@ -119,27 +123,39 @@ def loads_object(
         raise JsonBodyError(f"request body is not valid JSON: {e}") from None
 
 
+_WS = " \t\n\r"
+
+
 def _walk(s: str, decoder: json.JSONDecoder, ascii_: bool) -> JsonObject | Any:
+    # hot path (every request): single-character checks before any regex, one C scan per member value
     ws = WHITESPACE.match
-    i = ws(s, 0).end()
-    if not s.startswith("{", i):
+    i = 0
+    if s[:1] in _WS:
+        i = ws(s, 0).end()
+    if s[i : i + 1] != "{":
         return decoder.decode(s)
     scan = decoder.scan_once
     value: dict[str, Any] = {}
     spans: dict[str, tuple[int, int]] = {}
     seen_twice: set[str] = set()
-    i = ws(s, i + 1).end()
-    if s.startswith("}", i):
+    i += 1
+    if s[i : i + 1] in _WS:
+        i = ws(s, i).end()
+    if s[i : i + 1] == "}":
         i += 1
     else:
         while True:
-            if not s.startswith('"', i):
+            if s[i : i + 1] != '"':
                 raise json.JSONDecodeError("Expecting property name enclosed in double quotes", s, i)
             key, i = scanstring(s, i + 1, True)
-            i = ws(s, i).end()
-            if not s.startswith(":", i):
-                raise json.JSONDecodeError("Expecting ':' delimiter", s, i)
-            start = ws(s, i + 1).end()
+            if s[i : i + 1] != ":":
+                i = ws(s, i).end()
+                if s[i : i + 1] != ":":
+                    raise json.JSONDecodeError("Expecting ':' delimiter", s, i)
+            i += 1
+            if s[i : i + 1] in _WS:
+                i = ws(s, i).end()
+            start = i
             try:
                 member, i = scan(s, start)
             except StopIteration as e:
@@ -148,15 +164,20 @@ def _walk(s: str, decoder: json.JSONDecoder, ascii_: bool) -> JsonObject | Any:
                 seen_twice.add(key)
             value[key] = member
             spans[key] = (start, i)
-            i = ws(s, i).end()
-            if s.startswith(",", i):
-                i = ws(s, i + 1).end()
+            c = s[i : i + 1]
+            if c in _WS:
+                i = ws(s, i).end()
+                c = s[i : i + 1]
+            if c == ",":
+                i += 1
+                if s[i : i + 1] in _WS:
+                    i = ws(s, i).end()
                 continue
-            if s.startswith("}", i):
+            if c == "}":
                 i += 1
                 break
             raise json.JSONDecodeError("Expecting ',' delimiter", s, i)
-    if ws(s, i).end() != len(s):
+    if i != len(s) and ws(s, i).end() != len(s):
         raise json.JSONDecodeError("Extra data", s, i)
     for k in seen_twice:
         del spans[k]

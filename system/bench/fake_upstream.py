@@ -92,7 +92,7 @@ class _Answer:
         self.t0 = time.time()
         self.created = int(self.t0)
         up = conn.up
-        self.rid = f"fake-{up.total}"
+        self.rid = "fake-1"  # the same for every answer: two relays of one answer compare byte for byte
         self.due0 = conn.loop.time() + up.ttft_s  # loop time the first token is due
         self.handle: asyncio.TimerHandle | None = None
 
@@ -132,6 +132,10 @@ class _Answer:
         if conn.closed:
             return
         up = conn.up
+        due = self.due0 + self.i * up.itl_s
+        if conn.loop.time() < due:  # uvloop's millisecond timers can fire early: never send a token early
+            self.handle = conn.loop.call_at(due, self.step)
+            return
         if up.args.abort_after_tokens and self.i >= up.args.abort_after_tokens:
             conn.abort()  # an engine crash: connection reset mid-stream
             return
@@ -342,6 +346,7 @@ class _Conn(asyncio.Protocol):
         n, text = checked
         opts = req.get("stream_options")
         include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        include_usage = include_usage and not args.no_done_no_usage  # transformers serve ignores it
         model = req.get("model") if isinstance(req.get("model"), str) else up.model
         a = _Answer(self, n, chat, include_usage, count_tokens(text), model)
         up.running += 1
@@ -365,6 +370,10 @@ class _Conn(asyncio.Protocol):
             a.handle = self.loop.call_at(a.due0 + (n - 1) * up.itl_s, self._finish_whole, a, extra)
 
     def _finish_whole(self, a: _Answer, extra: bytes) -> None:
+        due = a.due0 + (a.n - 1) * self.up.itl_s
+        if self.loop.time() < due:  # never early (uvloop's timers have millisecond resolution)
+            a.handle = self.loop.call_at(due, self._finish_whole, a, extra)
+            return
         if not self.closed:
             self.up.generated += a.n
             self.respond(200, a.whole(), extra=extra)

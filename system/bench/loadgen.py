@@ -23,11 +23,12 @@ import click
 import numpy as np
 import psutil
 
+from system.bench._out import local_out
 from system.bench._sims import sim_stack
 from system.bench.accuracy import locust_version, machine, parse_users, run_step, write_json
 from system.records import read_records, record_files
 
-DEFAULT_OUT = "results/benchmarks/loadgen.json"
+DEFAULT_OUT = local_out("loadgen.json")
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 

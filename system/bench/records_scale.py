@@ -23,7 +23,9 @@ from typing import Any
 import click
 import numpy as np
 
-DEFAULT_OUT = "results/benchmarks/records.json"
+from system.bench._out import local_out
+
+DEFAULT_OUT = local_out("records.json")
 CONFIGS = (("routed", "routed"), ("single", "single"))
 USERS = (10, 50, 100, 500, 1000)  # 2 configs x 5 user counts = 10 steps
 STEP_S = 120.0

@@ -81,7 +81,9 @@ class Gateway:
             raise_for_status=False,
         )
         if self.cfg.server.upstream_client == "raw":
-            self.upstream = UpstreamPool(lim.upstream_connections, lim.connect_timeout_s)
+            self.upstream = UpstreamPool(
+                lim.upstream_connections, lim.connect_timeout_s, lim.upstream_keepalive_s
+            )
         # one synchronous round so experts that are down at start are known before the first request
         await check_once(self.session, self.pool, self.cfg.health)
         self._health_task = asyncio.create_task(health_loop(self.session, self.pool, self.cfg.health))

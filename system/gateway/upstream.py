@@ -248,8 +248,9 @@ class UpstreamResponse:
 class UpstreamPool:
     """Keep-alive connections per expert address, at most `limit` open at once (more requests wait)."""
 
-    def __init__(self, limit: int, connect_timeout_s: float) -> None:
+    def __init__(self, limit: int, connect_timeout_s: float, idle_s: float = IDLE_S) -> None:
         self.limit, self.connect_timeout_s = limit, connect_timeout_s
+        self.idle_s = idle_s  # limits.upstream_keepalive_s: below the experts' own keep-alive timeout
         self.idle: dict[tuple[str, int], list[_Conn]] = {}
         self.in_use: set[_Conn] = set()
         self.waiters: deque[asyncio.Future[None]] = deque()
@@ -275,7 +276,7 @@ class UpstreamPool:
             now = time.monotonic()
             while idle:
                 c = idle.pop()
-                if not c.lost and now - c.idle_since < IDLE_S:
+                if not c.lost and now - c.idle_since < self.idle_s:
                     self.in_use.add(c)
                     return c
                 c.close()

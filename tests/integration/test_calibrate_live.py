@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from system.calibration.replaycheck import compare_live
 from system.engines.sim.launch import sim_process
 from system.engines.sim.profilefiles import save_profile
 from system.engines.sim.profiles import get_profile
-from system.calibration.replaycheck import compare_live
 
 
 def _post(url: str, body: dict) -> dict:  # type: ignore[type-arg]

@@ -191,6 +191,7 @@ def test_routed_vllm_stand_ins_behind_the_gateway(tmp_path: Path) -> None:
     step = _step(run, "vllm", 3)
     assert step["status"] == "ok" and step["successes"] == step["requests"] - step["cut"] > 0
     recs = read_records(record_files(run / "vllm"))
+    recs = recs[recs["outcome"] != "cut"]  # still streaming when the step ended: no expert header yet
     assert set(recs["expert"]) == {"v0", "v1"}  # round robin reached both stand-ins
     assert (recs["output_tokens"] > 0).all()
 

@@ -202,6 +202,7 @@ def test_low_hard_fd_limit_lowers_the_cap_instead_of_failing(tmp_path: Path) -> 
 
         statuses, health = asyncio.run(run())
     log = Path(gw.log_path).read_text()
+    print(f"ulimit -n 256: {statuses.count(200)} x 200, {statuses.count(503)} x 503, /health {health}")
     assert "max_connections lowered from 8192" in log
     assert health == 200
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 16 and 503 in statuses
@@ -319,7 +320,9 @@ def test_huge_heads_and_bad_bodies_get_4xx_in_the_openai_shape(tmp_path: Path) -
             rss0 = _rss_mb(gw.pid)
             answers = await asyncio.gather(*(unfinished_head(50) for _ in range(10)))
             assert all(a.startswith(b"HTTP/1.1 431 ") for a in answers)
-            assert _rss_mb(gw.pid) - rss0 < 50  # ten 50 MB heads were never buffered
+            grew = _rss_mb(gw.pid) - rss0
+            print(f"ten unfinished 50 MB headers: 431 each; gateway RSS {rss0:.0f} MB, +{grew:.1f} MB")
+            assert grew < 50  # ten 50 MB heads were never buffered
             async with aiohttp.ClientSession() as s:
                 big = {"x-request-id": "r" * (4 << 20)}
                 with contextlib.suppress(aiohttp.ClientError):  # the server may close while we send

@@ -171,10 +171,10 @@ def test_bad_bodies_get_clear_errors(stack: dict[str, Any]) -> None:
     assert exc.value.status_code == 413
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no-such-expert", messages=[{"role": "user", "content": "x"}])
-    req = urllib.request.Request(  # declared JSON (urllib's default form type is a 415 now), but cut short
+    req = urllib.request.Request(
         stack["url"] + "/v1/chat/completions",
         data=b'{"model": "auto", "messages": [',
-        headers={"Content-Type": "application/json"},
+        headers={"content-type": "application/json"},
     )
     with pytest.raises(urllib.error.HTTPError) as http_err:
         urllib.request.urlopen(req, timeout=5)

@@ -28,6 +28,12 @@ def test_bench_accuracy_reports_error_percentiles_per_user_count(tmp_path: Path)
         # the client reads the first token after the sim said it was due, and not much later
         assert 0 <= r[f"ttft_error_p50_ms_{n}"] <= r[f"ttft_error_p99_ms_{n}"] < 200
         assert r[f"e2e_error_p99_ms_{n}"] is not None and r[f"client_cpu_max_percent_{n}"] >= 0
+        # the split: the client's share is today's key; the whole error adds the send -> arrival path,
+        # which is positive for every request, so its percentiles are at least the client share's
+        assert r[f"client_ttft_error_p99_ms_{n}"] == r[f"ttft_error_p99_ms_{n}"]
+        assert r[f"send_to_arrival_p50_ms_{n}"] > 0
+        assert r[f"harness_ttft_error_p50_ms_{n}"] >= r[f"client_ttft_error_p50_ms_{n}"]
+    assert r["client_ttft_error_scope"].startswith("via gateway")
     assert r["machine"]["cpus"] >= 1 and r["settings"]["users"] == [1, 4]
     assert "| 4 | 1 |" in p.stdout  # the markdown table
 

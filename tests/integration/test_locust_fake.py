@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from system.runner.locust import run_locust
 from system.records import read_records
+from system.runner.locust import run_locust
 from tests.integration.fakes import fake_server, host_of
 
 

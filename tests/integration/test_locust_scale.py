@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from system.runner.locust import build_command, locustfile_path, run_locust
 from system.processes import free_port
 from system.records import read_records, record_files
+from system.runner.locust import build_command, locustfile_path, run_locust
 from tests.integration.fakes import fake_server, host_of
 
 
@@ -76,4 +76,4 @@ def test_master_and_two_workers_get_options_from_the_master(tmp_path: Path) -> N
     e2e = next(s for s in stats if s["name"] == "E2E")
     _assert_merged_exactly(records, int(e2e["num_requests"]), workers=2)
     df = read_records(record_files(records))
-    assert (df["output_tokens"] == 8).all()
+    assert (df[df["outcome"] != "cut"]["output_tokens"] == 8).all()  # cut: still streaming at the end

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from system.runner.locust import run_locust
 from system.bench._sims import sim_stack
 from system.records import read_records
+from system.runner.locust import run_locust
 
 
 @pytest.mark.slow

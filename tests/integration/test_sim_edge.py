@@ -21,7 +21,7 @@ JSON = {"content-type": "application/json"}
 
 def test_sim_limits(tmp_path: Path) -> None:
     port = free_port()
-    flags = ["--model-name", "tiny", "--max-connections", "3", "--idle-timeout", "1"]
+    flags = ["--model-name", "tiny", "--max-connections", "3", "--max-in-flight", "1", "--idle-timeout", "1"]
     flags += ["--header-timeout", "1", "--body-timeout", "1", "--max-header-bytes", "8192"]
     proc = ServerProcess(
         [*lower_nofile(1024), *sim_command("debug", port, *flags)],
@@ -62,6 +62,16 @@ def test_sim_limits(tmp_path: Path) -> None:
         seen["closed_after_s"] = time.monotonic() - t0
         assert idle_closed and idle == b""
         assert half_closed and half.startswith(b"HTTP/1.1 408 ")
+        async with aiohttp.ClientSession() as s:
+            # one request in flight (a long stream): the next gets 503, /health still answers
+            long = {**chat, "max_tokens": 1000, "ignore_eos": True, "stream": True}
+            async with s.post(url + "/v1/chat/completions", json=long) as held_stream:
+                await held_stream.content.readany()
+                async with s.post(url + "/v1/chat/completions", json=chat) as r:
+                    assert r.status == 503 and r.headers["Retry-After"] == "1"
+                    assert "1 requests in flight" in (await r.json())["error"]["message"]
+                async with s.get(url + "/health") as r:
+                    assert r.status == 200
         # three connections held: the fourth gets 503 with Retry-After, /health still answers
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
         await asyncio.sleep(0.1)

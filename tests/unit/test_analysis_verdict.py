@@ -304,3 +304,22 @@ def test_why_names_expert_shares_beside_the_classifiers_cluster_sizes(tmp_path) 
     text = " ".join(v.sentences)
     assert "e0 took 60% of the requests (the others 25%, 15%)" in text
     assert "its cluster(s) 0 hold 60% of the classifier's training prompts" in text
+
+
+def test_records_without_contract_2_columns_get_outcome_and_chunk_tokens() -> None:
+    from analysis.load import normalize_records
+
+    old = pd.DataFrame(
+        {
+            "success": [True, False, False],
+            "error": ["", "HTTP 503", "cut: step ended"],
+            "itl_s": [[0.1], [], [0.1]],
+        }
+    )
+    df = normalize_records(old)
+    assert df["outcome"].tolist() == ["ok", "error", "cut"]
+    assert df["chunk_tokens"].tolist() == [[], [], []]
+    new = old.assign(outcome=["ok", "", "cut"], chunk_tokens=["[1,2]", "", "[3]"])
+    df = normalize_records(new)
+    assert df["outcome"].tolist() == ["ok", "error", "cut"]
+    assert df["chunk_tokens"].tolist() == [[1, 2], [], [3]]

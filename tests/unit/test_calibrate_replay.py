@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from system.calibration.replay import simulate_closed_loop
 from system.engines.sim.costmodel import BatchShape, decode_step_s, step_cost
 from system.engines.sim.profiles import PROFILES, get_profile
-from system.calibration.replay import simulate_closed_loop
 
 DEBUG = get_profile("debug")
 

@@ -24,7 +24,7 @@ def test_performance_doc_is_in_sync_with_the_committed_json() -> None:
 
 def test_a_changed_json_figure_changes_the_doc_and_only_inside_blocks() -> None:
     results = perfdoc.load_results()
-    text = "intro 27.4 stays\n<!-- generated:targets -->\nold\n<!-- /generated:targets -->\ntail\n"
+    text = "intro 27.4 stays\n<!-- generated:targets -->\nHAND-COPIED\n<!-- /generated:targets -->\ntail\n"
     before = perfdoc.render(text, results)
     assert "| classifier `predict()` p50, 500-character prompt | ≤ 100 µs | 27.4 µs | met (1 run) |" in before
     slower = copy.deepcopy(results)
@@ -32,7 +32,7 @@ def test_a_changed_json_figure_changes_the_doc_and_only_inside_blocks() -> None:
     after = perfdoc.render(text, slower)
     assert "| 123.4 µs | missed (1 run) |" in after
     assert after.startswith("intro 27.4 stays\n") and after.endswith("<!-- /generated:targets -->\ntail\n")
-    assert "old" not in after
+    assert "HAND-COPIED" not in after
 
 
 def test_unknown_block_and_stale_doc_are_reported(tmp_path: Path) -> None:
