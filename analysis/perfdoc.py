@@ -28,7 +28,16 @@ Results = dict[str, dict[str, Any]]
 def load_results(bench_dir: Path = BENCH_DIR) -> Results:
     """benchmark name -> its committed JSON ({} when a file is missing)."""
     out: Results = {}
-    for name in ("accuracy", "classifier", "gateway", "sim", "soak", "tokens_window"):
+    for name in (
+        "accuracy",
+        "classifier",
+        "gateway",
+        "gateway_options",
+        "gateway_workers",
+        "sim",
+        "soak",
+        "tokens_window",
+    ):
         f = bench_dir / f"{name}.json"
         out[name] = json.loads(f.read_text()) if f.is_file() else {}
     return out
@@ -73,17 +82,10 @@ def targets(r: Results) -> str:
             )
         )
     g = r["gateway"]
-    if g and _gateway_new_format(g):
-        from system.bench._gateway_report import _ci
+    if g and _gateway_new_format(g):  # bench gateway with repetitions: its own CI-based verdicts
+        from system.bench._gateway_report import target_rows
 
-        for k, v in g["verdicts"].items():
-            if "ratio" in v:
-                est = f"ratio {_ci(v, '{:.2f}', 'ratio')}"
-            elif "margin_ms" in v:
-                est = f"margin {_ci(v['margin_ms'])} ms"
-            else:
-                est = _ci(v, "{:.3f}")
-            rows.append((f"gateway `{k}`", "see the gateway section", est, f"{v['verdict']} (95 % CI)"))
+        rows += target_rows(g)
         g = {}
     for n in (100, 500):
         ours, peer = g.get(f"added_ttft_p50_ms_{n}"), g.get(f"peer_vllm_router_added_ttft_p50_ms_{n}")
@@ -260,6 +262,18 @@ def gateway(r: Results) -> str:
     return _gateway_legacy(doc)
 
 
+def _gateway_extra(name: str, title: str) -> Callable[[Results], str]:
+    """A further `bench gateway` run (options measured separately), rendered like the main one."""
+
+    def render(r: Results) -> str:
+        from system.bench._gateway_report import render_markdown
+
+        doc = r.get(name) or {}
+        return render_markdown(doc, title).strip() if doc else f"No `{name}.json`."
+
+    return render
+
+
 def accuracy(r: Results) -> str:
     from system.bench.accuracy import markdown_table
 
@@ -367,6 +381,12 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "sim": sim,
     "classifier": classifier,
     "gateway": gateway,
+    "gateway_options": _gateway_extra(
+        "gateway_options", "Gateway server options, first screening (`gateway_options.json`)"
+    ),
+    "gateway_workers": _gateway_extra(
+        "gateway_workers", "Gateway with 2 worker processes (`gateway_workers.json`)"
+    ),
     "accuracy": accuracy,
     "soak": soak,
 }

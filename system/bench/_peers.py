@@ -130,6 +130,8 @@ def start_our_gateway(
             health_url=f"http://127.0.0.1:{port}/health",
             log_path=work / f"{name}.log",
             env=dict(os.environ, **(env or {})),
+            # every process loads the classifier (skops import included): slow on a busy 2-core host
+            startup_timeout_s=240,
         ).start()
     except Exception as e:
         return Target(name, [], error=f"{name} did not start: {e}"[:2000])

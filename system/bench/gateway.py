@@ -16,7 +16,7 @@ from typing import Any
 import click
 import numpy as np
 
-from system.bench._gateway_stats import ci, judge_cpu_ratio, judge_lower, judge_ttft_ratio, judge_upper
+from system.bench._gateway_stats import analyse, verdicts
 from system.bench._out import local_out
 from system.bench._peers import (
     Target,
@@ -30,8 +30,6 @@ from system.bench._peers import (
 )
 from system.processes import ServerProcess, free_port
 from system.runner.manifest import cpu_model
-
-PEER_KEYS = {"vllm_router": "peer_vllm_router", "litellm": "peer_litellm"}
 
 
 def _version(pkg: str) -> str | None:
@@ -112,112 +110,6 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
-def analyse(runs: list[dict[str, Any]], levels: list[int], arms: list[str], reps: int) -> dict[str, Any]:
-    """Per stream count and arm: figures over repetitions (mean, 95 % CI), paired with the same repetition's
-    direct runs; the verdicts of the issue's targets; and the flat contract keys (means)."""
-    by: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
-    for r in runs:
-        by.setdefault((r["arm"], r["users"], r["rep"]), []).append(r)
-    per_level: dict[str, Any] = {}
-    flat: dict[str, Any] = {}
-    for n in levels:
-        lvl: dict[str, Any] = {"arms": {}}
-        direct = [by.get(("direct", n, k), []) for k in range(reps)]
-        d50 = [float(np.mean([x["ttft_p50_ms"] for x in d])) if d else None for d in direct]
-        d99 = [float(np.mean([x["ttft_p99_ms"] for x in d])) if d else None for d in direct]
-        dtok = [float(np.mean([x["tokens_per_s"] for x in d])) if d else None for d in direct]
-        drift = [abs(d[-1]["ttft_p50_ms"] - d[0]["ttft_p50_ms"]) for d in direct if len(d) >= 2]
-        lvl["direct"] = {"ttft_p50_ms": ci(d50), "ttft_p99_ms": ci(d99), "tokens_per_s": ci(dtok)}
-        lvl["drift_p50_ms"] = ci(drift)
-        flat[f"direct_ttft_p50_ms_{n}"] = lvl["direct"]["ttft_p50_ms"].get("mean")
-        flat[f"direct_ttft_p99_ms_{n}"] = lvl["direct"]["ttft_p99_ms"].get("mean")
-        flat[f"direct_tokens_per_s_{n}"] = lvl["direct"]["tokens_per_s"].get("mean")
-        flat[f"direct_drift_p50_ms_{n}"] = lvl["drift_p50_ms"].get("mean")
-        for arm in arms:
-            one = [by.get((arm, n, k), [None])[0] for k in range(reps)]
-            if not any(one):
-                continue
-            a: dict[str, list[float | None]] = {
-                "added_ttft_p50_ms": [],
-                "added_ttft_p99_ms": [],
-                "throughput_kept": [],
-                "cpu_us_per_request": [],
-            }
-            errors = 0
-            for k, r in enumerate(one):
-                if r is None or d50[k] is None or "ttft_p50_ms" not in r:
-                    for v in a.values():
-                        v.append(None)
-                    continue
-                errors += sum(r["errors"].values())
-                a["added_ttft_p50_ms"].append(r["ttft_p50_ms"] - d50[k])
-                a["added_ttft_p99_ms"].append(r["ttft_p99_ms"] - d99[k])
-                a["throughput_kept"].append(r["tokens_per_s"] / dtok[k] if dtok[k] else None)
-                a["cpu_us_per_request"].append(r.get("cpu_us_per_request"))
-            lvl["arms"][arm] = {**{k: ci(v) for k, v in a.items()}, "errors": errors, "raw": a}
-            prefix = arm_prefix(arm)
-            for key in a:
-                flat[f"{prefix}{key}_{n}"] = lvl["arms"][arm][key].get("mean")
-            flat[f"{prefix}errors_{n}"] = errors
-        per_level[str(n)] = lvl
-    return {
-        "levels": per_level,
-        "flat": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in flat.items()},
-    }
-
-
-def arm_prefix(arm: str) -> str:
-    if arm == "gateway":
-        return ""
-    if arm in PEER_KEYS:
-        return PEER_KEYS[arm] + "_"
-    return "opt_" + arm.removeprefix("gateway_") + "_"
-
-
-def verdicts(analysis: dict[str, Any], levels: list[int], arms: list[str]) -> dict[str, Any]:
-    """Issue 13 item 7 targets (CPU and added TTFT vs vllm-router) and the issue 3 targets, each judged
-    "met", "missed" or "inconclusive" from the repetitions' CIs; option arms are compared the same way."""
-    out: dict[str, Any] = {}
-    peer = "vllm_router"
-    for n in levels:
-        lvl = analysis["levels"][str(n)]
-        drift = lvl["drift_p50_ms"].get("mean", 0.0)
-        if peer not in lvl["arms"]:
-            continue
-        p = lvl["arms"][peer]["raw"]
-        for arm in arms:
-            if arm == peer or arm not in lvl["arms"] or arm == "litellm":
-                continue
-            o = lvl["arms"][arm]["raw"]
-            ok = [
-                i
-                for i in range(len(o["cpu_us_per_request"]))
-                if o["cpu_us_per_request"][i] and p["cpu_us_per_request"][i]
-            ]
-            name = "" if arm == "gateway" else f"{arm}_"
-            cpu_o = [o["cpu_us_per_request"][i] for i in ok]
-            cpu_p = [p["cpu_us_per_request"][i] for i in ok]
-            if n in (100, 500) or arm != "gateway":
-                out[f"{name}cpu_per_request_le_1_2x_vllm_router_{n}"] = judge_cpu_ratio(cpu_o, cpu_p, 1.2)
-            if arm == "gateway" and n in (100, 500):
-                out[f"cpu_per_request_le_1_0x_vllm_router_{n}_stretch"] = judge_cpu_ratio(cpu_o, cpu_p, 1.0)
-            ok = [
-                i
-                for i in range(len(o["added_ttft_p50_ms"]))
-                if o["added_ttft_p50_ms"][i] is not None and p["added_ttft_p50_ms"][i] is not None
-            ]
-            out[f"{name}added_ttft_p50_le_1_5x_vllm_router_{n}"] = judge_ttft_ratio(
-                [o["added_ttft_p50_ms"][i] for i in ok], [p["added_ttft_p50_ms"][i] for i in ok], 1.5, drift
-            )
-    lvl = analysis["levels"].get("500", {}).get("arms", {}).get("gateway")
-    if lvl:
-        est = lvl["added_ttft_p99_ms"]
-        out["added_ttft_p99_le_5ms_500"] = {**est, "verdict": judge_upper(est, 5.0)}
-        est = lvl["throughput_kept"]
-        out["throughput_kept_ge_99pct_500"] = {**est, "verdict": judge_lower(est, 0.99)}
-    return out
-
-
 # Server options of our gateway that `--options` measures side by side: (CLI arguments, environment).
 OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "raw": (("--upstream-client", "raw"), {}),
@@ -254,6 +146,13 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     help=f"Extra arms: our gateway with one server option each, of {', '.join(OPTIONS)}.",
 )
 @click.option("--pin/--no-pin", default=True, show_default=True, help="Pin client/upstream/proxy to cores.")
+@click.option(
+    "--reanalyse",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Measure nothing: recompute the statistics and verdicts of this result file from its stored runs "
+    "(written to --out).",
+)
 def gateway(
     users: str,
     seconds: float,
@@ -269,6 +168,7 @@ def gateway(
     peers: str,
     options: str,
     pin: bool,
+    reanalyse: str | None,
 ) -> None:
     """Added TTFT and proxy CPU per request of our gateway vs vllm-router (and LiteLLM), over repetitions.
 
@@ -276,8 +176,16 @@ def gateway(
     slow drift hits every arm alike and shows up as the difference of the two direct runs (the noise floor
     against which the TTFT targets are judged). CPU is the proxy process tree's user+system seconds
     (psutil), per request served."""
-    from system.bench._gateway_report import render_markdown
     from system.workload import load_prompts
+
+    if reanalyse:
+        doc = reanalysed(json.loads(Path(reanalyse).read_text()))
+        doc["meta"]["reanalysed"] = {  # the runs are the measured ones; only the statistics were redone
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "command": " ".join(["expert-router", "bench", "gateway", *sys.argv[3:]]),
+        }
+        _write(Path(out), doc, md)
+        return
 
     levels = [int(u) for u in users.split(",") if u.strip()]
     peer_names = [p.strip() for p in peers.split(",") if p.strip()]
@@ -363,12 +271,8 @@ def gateway(
             p.stop()
 
     arms = [t.name for t in targets.values() if not t.error and t.name != "direct"]
-    analysis = analyse(runs, levels, arms, reps)
     doc: dict[str, Any] = {
-        **analysis["flat"],
         **clf_stats,
-        "verdicts": verdicts(analysis, levels, arms),
-        "levels": analysis["levels"],
         "meta": {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "host_cpu": cpu_model(),
@@ -395,13 +299,31 @@ def gateway(
         },
         "runs": runs,
     }
-    doc["targets_met"] = {k: v["verdict"] for k, v in doc["verdicts"].items()}
+    _write(out_path, reanalysed(doc), md)
+
+
+def reanalysed(doc: dict[str, Any]) -> dict[str, Any]:
+    """`doc` with its statistics, verdicts and flat keys (re)computed from `doc["runs"]` and `doc["meta"]`."""
+    meta = doc["meta"]
+    levels, arms = [int(n) for n in meta["users"]], meta["arms"]
+    analysis = analyse(doc["runs"], levels, arms, meta["reps"])
+    keep = {k: v for k, v in doc.items() if k.startswith("classifier_") or k in ("meta", "runs")}
+    out: dict[str, Any] = {**analysis["flat"], **keep}
+    out["verdicts"] = verdicts(analysis, levels, arms)
+    out["targets_met"] = {k: v["verdict"] for k, v in out["verdicts"].items()}
+    out["levels"] = analysis["levels"]
+    return out
+
+
+def _write(out_path: Path, doc: dict[str, Any], md: str) -> None:
+    from system.bench._gateway_report import render_markdown
+
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(doc, indent=2, default=str))
     click.echo(f"wrote {out_path}")
     for k, v in doc["verdicts"].items():
         est = v.get("ratio", v.get("margin_ms", {}).get("mean", v.get("mean")))
-        click.echo(f"{k:55s} {v['verdict']:13s} {est}")
+        click.echo(f"{k:60s} {v['verdict']:13s} {est}")
     if md:
         Path(md).parent.mkdir(parents=True, exist_ok=True)
         Path(md).write_text(render_markdown(doc))

@@ -46,6 +46,20 @@ def _tune_process() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def __getattr__(name: str) -> Any:
+    """`WorkerEdgeProtocol`: the edge protocol class of a worker process (`--workers N`), built from the
+    config in CONFIG_ENV. uvicorn pickles its Config to spawn workers, and a class bound at run time cannot be
+    pickled, so workers get it by this import path instead (its limits apply per worker)."""
+    if name == "WorkerEdgeProtocol":
+        import resource
+
+        from system.gateway.config import GatewayConfig
+
+        cfg = GatewayConfig.model_validate_json(os.environ[CONFIG_ENV])
+        return edge_options(cfg, resource.getrlimit(resource.RLIMIT_NOFILE)[0])["http"]
+    raise AttributeError(name)
+
+
 def app_from_env() -> object:
     """uvicorn factory of each worker process (`--workers N`): its own Gateway, classifier and state."""
     from system.gateway.app import create_app
@@ -139,7 +153,13 @@ def gateway(
         # uvicorn binds once and its worker processes accept on the shared socket; each builds its own app
         # (and loads the classifier checked above again)
         os.environ[CONFIG_ENV] = cfg.model_dump_json()
-        uvicorn.run("system.gateway.cli:app_from_env", factory=True, workers=cfg.server.workers, **opts)  # type: ignore[arg-type]
+        opts["http"] = "system.gateway.cli:WorkerEdgeProtocol"
+        uvicorn.run(
+            "system.gateway.cli:app_from_env",
+            factory=True,
+            workers=cfg.server.workers,
+            **opts,  # type: ignore[arg-type]
+        )
         return
     unused = [preloaded] if preloaded is not None else []
 

@@ -41,9 +41,10 @@ CUT_EXTENSION = "expert_router.cut"
 class RelayResponse(Response):
     """Sends the request upstream and relays the answer through raw ASGI messages.
 
-    Streams are relayed as the upstream's bytes arrive (`readany`: whatever is buffered, no per-event
-    parsing, no re-framing); a watcher task turns a client disconnect into cancellation of the upstream
-    request at once, whether the response is streaming or not.
+    Streams are relayed as the upstream's bytes arrive, never parsed as events: written from the expert
+    socket's callback straight to uvicorn's transport (`_pipe`, the default), or else one ASGI message per
+    `readany`. A client disconnect cancels the upstream request at once, streaming or not (`_hook_disconnect`
+    under uvicorn's httptools cycle, a watcher task otherwise).
     """
 
     def __init__(
@@ -92,7 +93,7 @@ class RelayResponse(Response):
         assert task is not None
         self.task = task
         self.cut = scope.get("extensions", {}).get(CUT_EXTENSION)
-        watcher = asyncio.create_task(self._watch(receive, task))
+        watcher = None if self._hook_disconnect(send) else asyncio.create_task(self._watch(receive, task))
         gw.active.add(self)
         try:
             await self._run(send)
@@ -108,10 +109,34 @@ class RelayResponse(Response):
                 raise
         finally:
             self.done = True
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             gw.active.discard(self)
             gw.in_flight -= 1
             gw.metrics.count_request(self.expert.name, self.policy_kind, self.status)
+
+    def _hook_disconnect(self, send: Send) -> bool:
+        """Under uvicorn's httptools cycle, learn of a client disconnect from the cycle itself instead of a
+        watcher task per request: uvicorn (and system.edge's cut) set `cycle.disconnected` and then its
+        `message_event`; the request body is already read, so that event fires for nothing else that
+        matters here. False when `send` is not such a cycle (the caller starts the watcher task)."""
+        cycle = getattr(send, "__self__", None)
+        event = getattr(cycle, "message_event", None)
+        if event is None or not hasattr(cycle, "disconnected"):
+            return False
+        original = event.set
+
+        def set_and_check() -> None:
+            original()
+            if cycle.disconnected and not self.done and not self.disconnected:  # type: ignore[union-attr]
+                self.disconnected = True
+                if self.task is not None:
+                    self.task.cancel()
+
+        event.set = set_and_check  # type: ignore[method-assign]
+        if cycle.disconnected:  # type: ignore[union-attr]  # gone while the request was being routed
+            set_and_check()
+        return True
 
     async def _watch(self, receive: Receive, task: asyncio.Task[Any]) -> None:
         while True:

@@ -76,7 +76,15 @@ class _Conn(asyncio.Protocol):
         if pending:
             # every body piece of one read leaves in one write (the last events and the terminator of a
             # stream usually arrive together)
-            r.body(pending[0] if len(pending) == 1 else b"".join(pending))
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            sink = r.sink
+            if sink is not None:  # piped: straight to the client, no call in between (runs per chunk)
+                sink(data)
+                if not r.writable():
+                    r.wake()  # let `pipe` apply back-pressure
+            else:
+                r.buf.append(data)
+                r.wake()
         if r.complete:
             r.finish()
 
@@ -135,6 +143,7 @@ class UpstreamResponse:
         self.buf: list[bytes] = []
         self.waiter: asyncio.Future[None] | None = None
         self.sink: Callable[[bytes], None] | None = None
+        self.writable: Callable[[], bool] = bool
         self.returned = False
         self.content = self  # aiohttp's `resp.content.readany()` spelling, for the generic relay loop
 
@@ -145,13 +154,6 @@ class UpstreamResponse:
             self.waiter = None
             if not w.done():
                 w.set_result(None)
-
-    def body(self, data: bytes) -> None:
-        if self.sink is not None:
-            self.sink(data)
-        else:
-            self.buf.append(data)
-            self.wake()
 
     def finish(self) -> None:
         self.wake()
@@ -200,12 +202,7 @@ class UpstreamResponse:
             write(b"".join(self.buf))
             self.buf.clear()
 
-        def sink(data: bytes) -> None:
-            write(data)
-            if not writable():
-                self.wake()  # let the coroutine below apply back-pressure
-
-        self.sink = sink
+        self.sink, self.writable = write, writable  # called by _Conn.data_received
         transport = self.conn.transport
         assert transport is not None
         try:
