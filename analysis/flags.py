@@ -33,7 +33,12 @@ class Thresholds:
     harness_share_of_ttft_p50: float = 0.10
     min_requests_p99: int = 100  # fewer successful requests than 1 / (1 − 0.99): no observed p99 tail
     max_error_rate: float = 0.0  # any failed request
-    max_cut_share: float = 0.20  # more than a fifth of the window's requests still running at the step end
+    # requests still running at the step end: more than max_cut_backlog x what Little's law expects from the
+    # step's own throughput and mean E2E (a backlog building up), and more than min_cut_excess beyond it.
+    # A plain cut share would flag every healthy step shorter than ~5 E2Es: in a steady state the share
+    # open at the end is about E2E / window whatever the load.
+    max_cut_backlog: float = 1.5
+    min_cut_excess: int = 3
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +87,10 @@ def flags_for(row: dict[str, Any], starved: float, log_warns: int, th: Threshold
         out.append("few_requests_p99")
     if float(row.get("error_rate", 0) or 0) > th.max_error_rate:
         out.append("errors")
-    if float(row.get("cut_share", 0) or 0) > th.max_cut_share:
+    cut, expected = float(row.get("cut", 0) or 0), float(row.get("cut_expected", math.nan))
+    if not math.isfinite(expected):  # no completed request to set the steady state: any cut is a backlog
+        expected = 0.0
+    if cut > th.max_cut_backlog * expected and cut - expected > th.min_cut_excess:
         out.append("cuts")
     if float(row.get("requests", 0)) == 0:
         out.append("no_requests")

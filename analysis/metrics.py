@@ -9,6 +9,7 @@ window from per-chunk times (analysis.window), which is what the engine's own co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -294,6 +295,12 @@ def summarize(
         win = df[mask & df["in_window"]]
         cuts = int((df.loc[mask, "outcome"] == "cut").sum()) if "outcome" in df else 0
         row.update(_group_stats(win, cuts))
+        # Little's law: in a steady state about throughput x mean E2E requests are open at a step's end, so
+        # that many cut records are expected (per repetition); `cut_backlog` = cut / expected, well above 1
+        # when a backlog was building (offered load above what the arm serves)
+        expected = row.get("throughput_rps", math.nan) * row.get("e2e_mean_ms", math.nan) / 1000.0 * len(st)
+        row["cut_expected"] = expected
+        row["cut_backlog"] = cuts / expected if expected > 0 else (math.inf if cuts else math.nan)
         bsel = (balance["config"] == config) & (balance["load_kind"] == kind) & (balance["load"] == load)
         row.update(_balance_stats(balance[bsel]))
         rows.append(row)

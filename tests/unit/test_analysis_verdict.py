@@ -125,7 +125,13 @@ def test_flag_rules() -> None:
     assert flags_for(clean, 0.2, 0, th) == ["starved"]
     assert flags_for(clean, 0.0, 1, th) == ["starved"]  # a CPU warning in locust.log
     assert flags_for({**clean, "requests": 99}, 0.0, 0, th) == ["few_requests_p99"]
-    assert flags_for({**clean, "error_rate": 0.01, "cut_share": 0.5}, 0.0, 0, th) == ["errors", "cuts"]
+    # cuts: a backlog beyond Little's law (throughput x mean E2E open at the end), not a plain share
+    backlog = {"cut": 40, "cut_expected": 20.0}
+    assert flags_for({**clean, "error_rate": 0.01, **backlog}, 0.0, 0, th) == ["errors", "cuts"]
+    steady = {"cut": 25, "cut_expected": 20.0, "cut_share": 0.5}  # half open at the end, as expected
+    assert flags_for({**clean, **steady}, 0.0, 0, th) == []
+    assert flags_for({**clean, "cut": 3, "cut_expected": 1.0}, 0.0, 0, th) == []  # within the excess floor
+    assert flags_for({**clean, "cut": 5, "cut_expected": float("nan")}, 0.0, 0, th) == ["cuts"]
     assert usable(["few_requests_p99"]) and not usable(["few_requests_p99"], p99=True)
     assert not usable(["starved"])
 

@@ -97,10 +97,19 @@ class SimEngine:
 
     # ---- requests ----------------------------------------------------------------------------------------
     def submit(
-        self, prompt_tokens: int, target_output: int, finish_reason: str = "length", *, stream: bool = True
+        self,
+        prompt_tokens: int,
+        target_output: int,
+        finish_reason: str = "length",
+        *,
+        stream: bool = True,
+        arrival_ts: float | None = None,
     ) -> SimRequest:
-        """Queue a request (arrival = now). Non-streaming requests are only woken when they finish."""
-        req = SimRequest(f"{next(self._ids)}", prompt_tokens, target_output, self.clock(), finish_reason)
+        """Queue a request (arrival = `arrival_ts`, default now: the server passes the time the request
+        reached it, so the modelled front-end latency is part of the true TTFT). Non-streaming requests are
+        only woken when they finish."""
+        arrival = self.clock() if arrival_ts is None else arrival_ts
+        req = SimRequest(f"{next(self._ids)}", prompt_tokens, target_output, arrival, finish_reason)
         req.wake_every = self.stream_interval if stream else NEVER
         self.scheduler.add(req)
         self._wake.set()

@@ -126,10 +126,11 @@ class SimApp:
         p = self.profile
         natural = natural_output_len(pr.seed_key, self.seed, p.output_len_median, p.output_len_sigma)
         n_out, reason = resolve_output_len(natural, pr.max_tokens, pr.min_tokens, pr.ignore_eos)
+        arrival = self.engine.clock()  # the truth starts here: the front-end time below is the engine's
         if p.request_latency_s > 0:  # the front-end's per-request time outside the step loop (costmodel)
             await asyncio.sleep(p.request_latency_s)
         try:
-            req = self.engine.submit(pr.prompt_tokens, n_out, reason, stream=pr.stream)
+            req = self.engine.submit(pr.prompt_tokens, n_out, reason, stream=pr.stream, arrival_ts=arrival)
         except ValueError as e:  # cannot fit the KV cache even alone (validation should prevent it)
             await _respond(send, 400, ApiError(400, str(e)).body())
             return
