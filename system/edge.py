@@ -249,7 +249,13 @@ class EdgeProtocol(HttpToolsProtocol):
     def _over_capacity(self) -> str | None:
         e = self.edge
         over_conn = self._over_cap
-        over_tasks = e.max_in_flight is not None and len(self.tasks) >= e.max_in_flight
+        over_tasks = (
+            e.max_in_flight is not None
+            and len(self.tasks) >= e.max_in_flight
+            # uvloop runs I/O callbacks before the call_soon queue, so a request that just finished can still
+            # be in the set (its discard callback not run yet) when the client's next request arrives
+            and sum(1 for t in self.tasks if not t.done()) >= e.max_in_flight
+        )
         if not (over_conn or over_tasks):
             return None
         path = httptools.parse_url(self.url).path.decode("latin-1")
