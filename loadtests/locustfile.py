@@ -120,6 +120,14 @@ def _test_start(environment: Any, **_: Any) -> None:
     STATE.recorder.monitor.start()
 
 
+@events.test_stopping.add_listener
+def _test_stopping(environment: Any, **_: Any) -> None:
+    # before the users are stopped: stopping hundreds of them and writing their cut records lags the loop,
+    # and that lag belongs to the shutdown, not to the measured window
+    if STATE.recorder is not None:
+        STATE.recorder.monitor.stop()
+
+
 @events.test_stop.add_listener
 def _test_stop(environment: Any, **_: Any) -> None:
     if STATE.recorder is not None:
