@@ -345,29 +345,21 @@ def load_all(path: str | Path, complete_only: bool = True) -> RunData:
     """
     p = Path(path)
     if is_records_dir(p):
-        steps = records_dir_steps(p)
-        return RunData(
-            path=p,
-            steps=steps,
-            records=load_runs(p, steps=steps),
-            gpu=load_gpu(p, steps=steps),
-            metrics=load_metrics(p, steps=steps),
-            procs=load_procs(p, steps=steps),
-            manifest={},
-            configs={},
-        )
-    if not find_run_dirs(p):
-        raise NoCompleteStepsError(
-            f"{p}: not a results dir (no manifest.json, no <config>/users=N|rate=R/rep=R steps, "
-            "no records-*.csv)"
-        )
-    steps = load_steps(p, complete_only)
-    if steps.empty:
-        total = len(load_steps(p, complete_only=False))
-        raise NoCompleteStepsError(
-            f"{p}: no complete steps ({total} step dirs, none with step.json status 'ok'); "
-            "was the experiment interrupted before its first step finished?"
-        )
+        steps, manifest, configs = records_dir_steps(p), {}, {}
+    else:
+        if not find_run_dirs(p):
+            raise NoCompleteStepsError(
+                f"{p}: not a results dir (no manifest.json, no <config>/users=N|rate=R/rep=R steps, "
+                "no records-*.csv)"
+            )
+        steps = load_steps(p, complete_only)
+        if steps.empty:
+            total = len(load_steps(p, complete_only=False))
+            raise NoCompleteStepsError(
+                f"{p}: no complete steps ({total} step dirs, none with step.json status 'ok'); "
+                "was the experiment interrupted before its first step finished?"
+            )
+        manifest, configs = load_manifest(p), load_configs(p)
     return RunData(
         path=p,
         steps=steps,
@@ -375,6 +367,6 @@ def load_all(path: str | Path, complete_only: bool = True) -> RunData:
         gpu=load_gpu(p, steps=steps),
         metrics=load_metrics(p, steps=steps),
         procs=load_procs(p, steps=steps),
-        manifest=load_manifest(p),
-        configs=load_configs(p),
+        manifest=manifest,
+        configs=configs,
     )
