@@ -141,13 +141,7 @@ def sim(
         return
     if profile_name is None or port is None:
         raise click.UsageError("--profile and --port are required (or use --list-profiles)")
-    try:
-        profile = resolve_profile(profile_name)
-    except UnknownProfileError as e:
-        raise click.BadParameter(str(e.args[0]), param_hint="--profile") from None
-    except ProfileFileError as e:
-        raise click.BadParameter(str(e), param_hint="--profile") from None
-    profile = profile.with_overrides(
+    profile = _load_profile(profile_name).with_overrides(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
         max_model_len=max_model_len,
