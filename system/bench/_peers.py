@@ -69,10 +69,16 @@ def _python(module: str) -> list[str]:
 
 
 def start_fake_upstream(
-    work: Path, ports: list[int], ttft_ms: float, itl_ms: float, chunks: int, cores: str | None
+    work: Path,
+    ports: list[int],
+    ttft_ms: float,
+    itl_ms: float,
+    chunks: int,
+    cores: str | None,
+    accept: str = "batch",
 ) -> ServerProcess:
     cmd = [*_python("system.bench.fake_upstream"), "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms)]
-    cmd += ["--chunks", str(chunks)]
+    cmd += ["--chunks", str(chunks), "--accept", accept]
     for p in ports:
         cmd += ["--port", str(p)]
     return ServerProcess(

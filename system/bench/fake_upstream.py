@@ -409,6 +409,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--abort-after-tokens", type=int, default=0)
     ap.add_argument("--drop-after-request", action="store_true")
     ap.add_argument("--no-done-no-usage", action="store_true")
+    ap.add_argument(
+        "--accept",
+        choices=["batch", "single"],
+        default="batch",
+        help="single: stock uvloop, one connection accepted per loop iteration (system/acceptloop.py)",
+    )
     return ap
 
 
@@ -454,14 +460,18 @@ def main(argv: list[str] | None = None) -> int:
         args, healthy = got
     else:
         args = parser().parse_args(argv)
-    import uvloop  # ships with uvicorn[standard]
-
+    from system import acceptloop
     from system.edge import raise_nofile_limit
 
     raise_nofile_limit()  # 1,000 streams need 1,000 sockets
     up = Upstream(args)
     up.healthy = healthy
-    uvloop.run(serve(args.port, up, args.host))
+    if args.accept == "single":
+        import uvloop
+
+        uvloop.run(serve(args.port, up, args.host))
+    else:
+        acceptloop.run(serve(args.port, up, args.host))  # uvloop, accepting connection bursts in batches
     return 0
 
 

@@ -116,6 +116,7 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "aiohttp": (("--upstream-client", "aiohttp"), {}),
     "workers2": (("--workers", "2"), {}),
     "asyncio": (("--loop", "asyncio"), {}),
+    "single_accept": (("--accept", "single"), {}),
     "fastapi": ((), {"EXPERT_ROUTER_GATEWAY_FASTPATH": "0"}),
 }
 
@@ -138,6 +139,13 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
 @click.option("--ttft-ms", default=50.0, show_default=True, help="Fake upstream time to first token.")
 @click.option("--itl-ms", default=20.0, show_default=True, help="Fake upstream time between tokens.")
 @click.option("--chunks", default=33, show_default=True, help="Tokens (SSE events) per answer.")
+@click.option(
+    "--upstream-accept",
+    type=click.Choice(["batch", "single"]),
+    default="batch",
+    show_default=True,
+    help="Fake upstream: accept waiting connections in batches, or one per loop iteration (stock uvloop).",
+)
 @click.option("--peers", default="vllm_router", show_default=True, help="vllm_router,litellm ('' for none).")
 @click.option(
     "--options",
@@ -165,6 +173,7 @@ def gateway(
     ttft_ms: float,
     itl_ms: float,
     chunks: int,
+    upstream_accept: str,
     peers: str,
     options: str,
     pin: bool,
@@ -226,7 +235,9 @@ def gateway(
         ports = [free_port(), free_port()]
         ups = [f"http://127.0.0.1:{p}" for p in ports]
         if upstream == "fake":
-            procs.append(start_fake_upstream(work, ports, ttft_ms, itl_ms, chunks, cores["upstream"]))
+            procs.append(
+                start_fake_upstream(work, ports, ttft_ms, itl_ms, chunks, cores["upstream"], upstream_accept)
+            )
             served = "fake-model"
         else:
             procs += [
@@ -280,7 +291,8 @@ def gateway(
             "load_avg_end": [round(x, 2) for x in os.getloadavg()],
             "pinning": cores,
             "upstream": (
-                f"fake_upstream x2 ports, ttft {ttft_ms} ms, itl {itl_ms} ms, {chunks} chunks"
+                f"fake_upstream x2 ports, ttft {ttft_ms} ms, itl {itl_ms} ms, {chunks} chunks, "
+                f"{upstream_accept} accept"
                 if upstream == "fake"
                 else f"2 sims, profile {sim_profile}, {chunks} tokens"
             ),

@@ -82,6 +82,12 @@ def app_from_env() -> object:
     help="Upstream HTTP client (default: server.upstream_client).",
 )
 @click.option("--loop", "loop_kind", default=None, type=click.Choice(["uvloop", "asyncio"]))
+@click.option(
+    "--accept",
+    default=None,
+    type=click.Choice(["batch", "single"]),
+    help="uvloop: accept waiting connections in batches, or one per loop iteration (default: server.accept).",
+)
 def gateway(
     config_path: str,
     host: str | None,
@@ -90,6 +96,7 @@ def gateway(
     workers: int | None,
     upstream_client: str | None,
     loop_kind: str | None,
+    accept: str | None,
 ) -> None:
     """Run the routing gateway (OpenAI API) in front of the experts named in --config."""
     from system.gateway.config import load_config
@@ -106,6 +113,7 @@ def gateway(
                 ("workers", workers),
                 ("upstream_client", upstream_client),
                 ("loop", loop_kind),
+                ("accept", accept),
             )
             if v is not None
         }
@@ -119,6 +127,7 @@ def gateway(
 
     import uvicorn
 
+    from system.acceptloop import UVICORN_LOOP
     from system.edge import raise_nofile_limit
     from system.gateway.app import create_app
     from system.gateway.state import load_prompt_classifier
@@ -139,7 +148,9 @@ def gateway(
     opts = {
         "host": cfg.host,
         "port": cfg.port,
-        "loop": cfg.server.loop,
+        "loop": UVICORN_LOOP
+        if cfg.server.loop == "uvloop" and cfg.server.accept == "batch"
+        else cfg.server.loop,
         "access_log": False,  # one log line per request costs more than the relay itself
         "log_level": log_level,
         "backlog": 4096,

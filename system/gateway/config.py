@@ -163,6 +163,12 @@ class ServerConfig(StrictModel):
         description="raw: httptools keep-alive pool writing chunks to the client; aiohttp: ClientSession.",
     )
     loop: Literal["uvloop", "asyncio"] = "uvloop"
+    accept: Literal["batch", "single"] = Field(
+        default="batch",
+        description="uvloop only. batch: accept every waiting connection per loop wake-up (as asyncio does); "
+        "single: libuv's one connection per loop iteration, which leaves connection bursts waiting seconds "
+        "under load (system/acceptloop.py).",
+    )
 
 
 class GatewayConfig(StrictModel):

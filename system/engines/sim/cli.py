@@ -212,6 +212,7 @@ def _serve(
 
     import uvicorn
 
+    from system.acceptloop import UVICORN_LOOP
     from system.edge import fit_to_fds, raise_nofile_limit, uvicorn_options
     from system.engines.sim.engine import SimEngine
     from system.engines.sim.server import SimApp
@@ -238,7 +239,7 @@ def _serve(
             app,
             host=host,
             port=port,
-            loop="uvloop",
+            loop=UVICORN_LOOP,  # uvloop, accepting connection bursts in batches
             lifespan="on",
             access_log=False,
             log_level=log_level,
@@ -261,9 +262,9 @@ def _serve(
             loop.add_signal_handler(sig, lambda: [setattr(s, "should_exit", True) for s in servers])
         await asyncio.gather(*(s.serve() for s in servers))
 
-    import uvloop
+    from system import acceptloop
 
-    uvloop.run(main())
+    acceptloop.run(main())
     if not all(s.started for s in servers):
         sys.exit(1)
 
