@@ -77,11 +77,7 @@ def render_markdown(
         lines += [
             "",
             "Options requested in this run: "
-            + "; ".join(
-                f"`{o}` = {' '.join(v['args']) or ''}{' ' if v['args'] and v['env'] else ''}"
-                f"{' '.join(f'{k}={x}' for k, x in v['env'].items())}"
-                for o, v in meta["options"].items()
-            )
+            + "; ".join(_option(o, v) for o, v in meta["options"].items())
             + ".",
         ]
     if meta.get("errors"):
@@ -90,6 +86,13 @@ def render_markdown(
         lines += ["", f"Not measured: {errs}."]
     lines += ["", f"Reproduce: `{meta['command']}`.", ""]
     return "\n".join(lines)
+
+
+def _option(name: str, v: dict[str, Any]) -> str:
+    parts = [" ".join(v.get("args", []))]
+    parts += [f"{k}={x}" for k, x in v.get("env", {}).items()]
+    parts += [f"config `{k}: {x}`" for k, x in v.get("config", {}).items()]
+    return f"`{name}` = " + " ".join(p for p in parts if p)
 
 
 def write_markdown(path: Path, doc: dict[str, Any], levels: list[int] | None = None) -> None:

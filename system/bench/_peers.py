@@ -8,6 +8,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
@@ -107,14 +108,17 @@ def start_our_gateway(
     name: str = "gateway",
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Target:
-    """Our gateway; `args`/`env` select a server option (`--workers 2`, `--upstream-client aiohttp`...)."""
+    """Our gateway; `args`/`env` select a server option (`--workers 2`, `--upstream-client aiohttp`...),
+    `config` replaces top-level keys of its YAML (`policy`...)."""
     port = free_port()
     cfg = {
         "policy": {"kind": "cluster"},
         "classifier": str(classifier),
         "experts": [{"name": f"e{i}", "url": u} for i, u in enumerate(upstreams)],
         "limits": {"max_in_flight": 100_000},
+        **(config or {}),
     }
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

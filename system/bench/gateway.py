@@ -110,14 +110,16 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
-# Server options of our gateway that `--options` measures side by side: (CLI arguments, environment).
-OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
-    "raw": (("--upstream-client", "raw"), {}),
-    "aiohttp": (("--upstream-client", "aiohttp"), {}),
-    "workers2": (("--workers", "2"), {}),
-    "asyncio": (("--loop", "asyncio"), {}),
-    "single_accept": (("--accept", "single"), {}),
-    "fastapi": ((), {"EXPERT_ROUTER_GATEWAY_FASTPATH": "0"}),
+# Options of our gateway that `--options` measures side by side: (CLI arguments, environment, config keys).
+OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, str], dict[str, Any]]] = {
+    "raw": (("--upstream-client", "raw"), {}, {}),
+    "aiohttp": (("--upstream-client", "aiohttp"), {}, {}),
+    "workers2": (("--workers", "2"), {}, {}),
+    "asyncio": (("--loop", "asyncio"), {}, {}),
+    "single_accept": (("--accept", "single"), {}, {}),
+    "fastapi": ((), {"EXPERT_ROUTER_GATEWAY_FASTPATH": "0"}, {}),
+    # the same relay without a classifier: the routing decision vllm-router's round robin also makes
+    "round_robin": ((), {}, {"policy": {"kind": "round_robin"}}),
 }
 
 
@@ -247,9 +249,9 @@ def gateway(
         targets["direct"] = Target("direct", [u + "/v1/chat/completions" for u in ups])
         targets["gateway"] = start_our_gateway(work, ups, clf_dir, cores["proxy"])
         for o in opt_names:
-            args, env = OPTIONS[o]
+            args, env, cfg = OPTIONS[o]
             name = f"gateway_{o}"
-            targets[name] = start_our_gateway(work, ups, clf_dir, cores["proxy"], name, args, env)
+            targets[name] = start_our_gateway(work, ups, clf_dir, cores["proxy"], name, args, env, cfg)
         if "vllm_router" in peer_names:
             targets["vllm_router"] = start_vllm_router(work, ups, cores["proxy"])
         if "litellm" in peer_names:
@@ -301,7 +303,10 @@ def gateway(
             "seconds": seconds,
             "warmup_s": warmup,
             "arms": arms,
-            "options": {o: {"args": list(OPTIONS[o][0]), "env": OPTIONS[o][1]} for o in opt_names},
+            "options": {
+                o: {"args": list(OPTIONS[o][0]), "env": OPTIONS[o][1], "config": OPTIONS[o][2]}
+                for o in opt_names
+            },
             "command": " ".join(["expert-router", "bench", "gateway", *sys.argv[3:]]),
             "versions": {
                 p: _version(p)

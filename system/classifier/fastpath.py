@@ -40,12 +40,16 @@ class FastPath:
             self._proj: np.ndarray | None = np.ascontiguousarray(steps["svd"].components_.T, dtype=np.float64)
             self._normalize = "norm" in steps
             self._centroids = np.ascontiguousarray(centroids)
+            # predict's lean form (see predict): idf folded into the projection rows
+            idf = self._idf[:, None] if self._idf is not None else 1.0
+            self._proj_idf = np.ascontiguousarray(self._proj * idf)
         else:
             self._proj = None
             self._normalize = False
             # without SVD the centroids live in vocabulary space: keep them term-major for row gathers
             self._centroids_t = np.ascontiguousarray(centroids.T)
         self.k = int(centroids.shape[0])
+        self._c_sq_list: list[float] = self._c_sq.tolist()
 
     def _weights(self, text: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(term ids, l2-normalised tf-idf weights) of `text`, or None when no term is in the vocabulary."""
@@ -86,7 +90,36 @@ class FastPath:
         return self._c_sq - 2.0 * dots
 
     def predict(self, text: str) -> int:
-        return int(np.argmin(self.scores(text)))
+        """Nearest centroid. With SVD + re-normalisation (the trained pipeline) this skips what cannot change
+        the answer: the tf-idf vector's l2 norm (a positive factor on the SVD output, which is re-normalised)
+        and half the numpy calls of `scores`. The gateway runs it on every request with caches made cold by
+        the network work around it, where each numpy call costs several microseconds (docs/PERFORMANCE.md)."""
+        if self._proj is None or not self._normalize:
+            return int(np.argmin(self.scores(text)))
+        if self._lowercase:
+            text = text.lower()
+        vocab = self._vocab
+        ids = [vocab[t] for t in self._findall(text) if t in vocab]
+        c_sq = self._c_sq_list
+        if not ids:
+            return c_sq.index(min(c_sq))
+        counts = Counter(ids)
+        if self._sublinear:
+            tf = [1.0 + math.log(c) for c in counts.values()]
+        else:
+            tf = [float(c) for c in counts.values()]
+        z = np.dot(tf, self._proj_idf[list(counts)])
+        zz = float(np.dot(z, z))
+        if zz <= 0.0:  # sklearn's Normalizer leaves a zero vector at the origin
+            return c_sq.index(min(c_sq))
+        dots = np.dot(self._centroids, z).tolist()
+        scale = 2.0 / math.sqrt(zz)
+        best, best_v = 0, c_sq[0] - scale * dots[0]
+        for c in range(1, len(c_sq)):  # first minimum on ties, like argmin
+            v = c_sq[c] - scale * dots[c]
+            if v < best_v:
+                best, best_v = c, v
+        return best
 
     def rank(self, text: str) -> list[int]:
         # stable sort: ties keep the lowest id first, like argmin, so rank()[0] == predict()

@@ -99,7 +99,7 @@ class GatewayApp(FastAPI):
         ):
             gw: Gateway = self.state.gateway
             try:
-                response = await handle_completion(gw, Request(scope, receive), scope["path"])
+                response = await handle_completion(gw, scope, receive, scope["path"])
             except Exception as e:  # never let a bug kill the connection without an answer
                 log.exception("unexpected error before relaying")
                 response = error_response(500, f"gateway error: {e!r}")
@@ -147,11 +147,11 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, gw: GatewayDep) -> Response:
-        return await handle_completion(gw, request, CHAT)
+        return await handle_completion(gw, request.scope, request.receive, CHAT)
 
     @app.post("/v1/completions")
     async def completions(request: Request, gw: GatewayDep) -> Response:
-        return await handle_completion(gw, request, COMPLETIONS)
+        return await handle_completion(gw, request.scope, request.receive, COMPLETIONS)
 
     @app.get("/v1/models")
     async def models(gw: GatewayDep) -> JSONResponse:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from system.gateway.pool import ExpertPool
@@ -39,28 +40,69 @@ class _PoolCollector(Collector):
         yield breaker
 
 
+class LoopHistogram(Collector):
+    """A Prometheus histogram for one event loop: `observe` is a bisect and two additions.
+
+    prometheus_client's Histogram takes a lock per bucket and per sum on every observation, for threads
+    the gateway does not have; with the caches made cold by the network work around each request, the two
+    observations per request cost ~1.5 % of the gateway's CPU (py-spy, 100 streams). Same exposition:
+    `_bucket{le=...}` (cumulative), `_count`, `_sum`."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = list(buckets)
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # le: a value equal to a bound counts in it
+        self.sum += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative, acc = [], 0
+        for bound, n in zip([*self.bounds, float("inf")], self.counts, strict=True):
+            acc += n
+            cumulative.append((_le(bound), acc))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=self.sum)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+class _RequestCounter(Collector):
+    """router_requests_total by expert, policy and status: a dict increment per request."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        c = CounterMetricFamily(
+            "router_requests",
+            "Requests by expert, policy and HTTP status",
+            labels=["expert", "policy", "status"],
+        )
+        for (expert, policy, status), n in sorted(self.counts.items()):
+            c.add_metric([expert, policy, str(status)], n)
+        yield c
+
+
 class GatewayMetrics:
     def __init__(self, pool: ExpertPool) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "router_requests",
-            "Requests by expert, policy and HTTP status",
-            ["expert", "policy", "status"],
-            registry=r,
+        self.requests = _RequestCounter()
+        r.register(self.requests)
+        self.decision = LoopHistogram(
+            "router_decision_seconds", "Routing decision time (incl. classification)", DECISION_BUCKETS
         )
-        self.decision = Histogram(
-            "router_decision_seconds",
-            "Routing decision time (incl. classification)",
-            buckets=DECISION_BUCKETS,
-            registry=r,
-        )
-        self.overhead = Histogram(
+        r.register(self.decision)
+        self.overhead = LoopHistogram(
             "router_overhead_seconds",
             "Time the gateway itself added (x-router-overhead-ms)",
-            buckets=OVERHEAD_BUCKETS,
-            registry=r,
+            OVERHEAD_BUCKETS,
         )
+        r.register(self.overhead)
         self.upstream_errors = Counter(
             "router_upstream_errors",
             "Upstream failures by expert and reason",
@@ -78,12 +120,9 @@ class GatewayMetrics:
             "router_rejected", "Requests refused before routing, by reason", ["reason"], registry=r
         )
         r.register(_PoolCollector(pool))
-        self._request_children: dict[tuple[str, str, int], Counter] = {}
 
     def count_request(self, expert: str, policy: str, status: int) -> None:
-        """requests_total += 1, with the labelled child cached (labels() costs a lock and a tuple build)."""
+        """router_requests_total += 1 (once per request, on the event loop)."""
+        counts = self.requests.counts
         key = (expert, policy, status)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(expert, policy, str(status))
-        child.inc()
+        counts[key] = counts.get(key, 0) + 1

@@ -9,7 +9,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp.payload import BytesPayload
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -21,7 +20,8 @@ from system.gateway.request import (
     check_content_type,
     parse_body,
     prompt_text,
-    read_body,
+    read_body_asgi,
+    request_head,
     rewrite_model,
 )
 from system.gateway.state import Gateway
@@ -34,6 +34,7 @@ log = logging.getLogger("expert_router.gateway")
 # expert started the work, so it is a 502 and never silently run twice.
 CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 FORWARD_HEADERS = ("authorization", "x-request-id", "traceparent")
+_FORWARD = frozenset(h.encode() for h in FORWARD_HEADERS)
 # ASGI scope extension set by system.edge's protocol: end the connection at once, without the final chunk
 CUT_EXTENSION = "expert_router.cut"
 
@@ -89,7 +90,7 @@ class RelayResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
-        task = asyncio.current_task()
+        task = asyncio.current_task(gw.loop)
         assert task is not None
         self.task = task
         self.cut = scope.get("extensions", {}).get(CUT_EXTENSION)
@@ -262,16 +263,7 @@ class RelayResponse(Response):
         cycle = getattr(send, "__self__", None)
         if pipe is None or getattr(cycle, "chunked_encoding", None) is not True:
             return False
-        transport, flow = cycle.transport, cycle.flow  # type: ignore[union-attr]
-        now = self.gw.loop_time
-
-        def write(data: bytes) -> None:
-            self.last_io = now()
-            # a client gone (or going) is not the expert's failure: drop the bytes, the watcher cancels us
-            if not cycle.disconnected and not transport.is_closing():  # type: ignore[union-attr]
-                transport.write(b"%x\r\n%s\r\n" % (len(data), data))
-
-        await pipe(write, lambda: not flow.write_paused, flow.drain)
+        await pipe(cycle.transport, cycle, cycle.flow, self)  # type: ignore[union-attr]
         return True
 
     def _fallback(self, tried: set[str]) -> ExpertState | None:
@@ -341,8 +333,9 @@ class RelayResponse(Response):
 REJECT_REASONS = {413: "too_large", 415: "media_type"}
 
 
-async def handle_completion(gw: Gateway, request: Request, path: str) -> Response:
-    """Endpoint body shared by /v1/chat/completions and /v1/completions."""
+async def handle_completion(gw: Gateway, scope: Scope, receive: Receive, path: str) -> Response:
+    """Endpoint body shared by /v1/chat/completions and /v1/completions (raw ASGI scope and receive: it
+    runs for every request, and needs three headers and the body)."""
     t0 = time.perf_counter()
     lim = gw.limits
     if gw.in_flight >= lim.max_in_flight:
@@ -352,9 +345,10 @@ async def handle_completion(gw: Gateway, request: Request, path: str) -> Respons
             f"gateway is at its limit of {lim.max_in_flight} requests in flight; retry later",
             headers={"Retry-After": str(lim.retry_after_s)},
         )
+    head = request_head(scope["headers"], _FORWARD)
     try:
-        check_content_type(request.headers.get("content-type"))
-        raw = await read_body(request, lim.max_body_bytes)
+        check_content_type(head.content_type)
+        raw = await read_body_asgi(receive, lim.max_body_bytes, head.content_length)
         parsed = parse_body(raw, max_depth=lim.max_json_depth, max_digits=lim.max_number_digits)
         body = parsed.obj
         model = body["model"]
@@ -383,12 +377,6 @@ async def handle_completion(gw: Gateway, request: Request, path: str) -> Respons
     except BadRequest as e:
         gw.metrics.rejected.labels(REJECT_REASONS.get(e.status, "bad_request")).inc()
         return error_response(e.status, e.message, param=e.param)
-    hdrs = request.headers
-    fwd = {}
-    for h in FORWARD_HEADERS:
-        v = hdrs.get(h)
-        if v is not None:
-            fwd[h] = v
     gw.in_flight += 1  # released by RelayResponse.__call__
     return RelayResponse(
         gw,
@@ -398,7 +386,7 @@ async def handle_completion(gw: Gateway, request: Request, path: str) -> Respons
         body=parsed,
         raw=raw,
         path=path,
-        headers=fwd,
+        headers=head.forward,
         text=text,
         t0=t0,
     )

@@ -43,6 +43,54 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+async def read_body_asgi(receive: Any, limit: int, declared: bytes | None) -> bytes:
+    """`read_body` straight from ASGI `receive` (the completion endpoints' lane: no Request, no stream
+    generator); `declared` is the raw Content-Length header."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, f"request body of {declared.decode()} bytes exceeds the limit of {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":  # http.disconnect
+            raise BadRequest(499, "client disconnected while sending the body")
+        body = msg.get("body", b"")
+        if body:
+            size += len(body)
+            if size > limit:
+                raise BadRequest(413, f"request body exceeds the limit of {limit} bytes")
+            parts.append(body)
+        if not msg.get("more_body", False):
+            break
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class RequestHead(NamedTuple):
+    content_type: str | None
+    content_length: bytes | None
+    forward: dict[str, str]  # the headers passed on to the expert
+
+
+def request_head(headers: list[tuple[bytes, bytes]], forward: frozenset[bytes]) -> RequestHead:
+    """What the relay needs of the request headers, in one pass over the ASGI list (names are lower-case;
+    the first of repeated headers counts, as Starlette's `headers.get`)."""
+    ctype: str | None = None
+    clen: bytes | None = None
+    fwd: dict[str, str] = {}
+    for k, v in headers:
+        if k == b"content-type":
+            if ctype is None:
+                ctype = v.decode("latin-1")
+        elif k == b"content-length":
+            if clen is None:
+                clen = v
+        elif k in forward:
+            name = k.decode("latin-1")
+            if name not in fwd:
+                fwd[name] = v.decode("latin-1")
+    return RequestHead(ctype, clen, fwd)
+
+
 class ParsedBody(NamedTuple):
     obj: dict[str, Any]  # the parsed request
     parsed: JsonObject  # with the positions of its top-level members, for rewrite_model

@@ -58,6 +58,9 @@ class Gateway:
         self._watchdog_task: asyncio.Task[None] | None = None
         self.active: set[RelayResponse] = set()  # requests being relayed, for the read-timeout watchdog
         self.loop_time: Callable[[], float] = time.monotonic  # replaced by the running loop's clock
+        # the running loop, set by start(): asyncio.get_running_loop() and current_task() without it cost a
+        # getpid() system call each on Python 3.11 (several per request)
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         if self.classifier_path is not None:
@@ -87,7 +90,8 @@ class Gateway:
         # one synchronous round so experts that are down at start are known before the first request
         await check_once(self.session, self.pool, self.cfg.health)
         self._health_task = asyncio.create_task(health_loop(self.session, self.pool, self.cfg.health))
-        self.loop_time = asyncio.get_running_loop().time
+        self.loop = asyncio.get_running_loop()
+        self.loop_time = self.loop.time
         self._watchdog_task = asyncio.create_task(self._watchdog())
         # everything allocated so far (modules, classifier, app) lives as long as the process: keep the
         # cyclic GC from re-scanning it on every collection

@@ -47,8 +47,8 @@ class _Headers(dict[str, str]):
 class _Conn(asyncio.Protocol):
     """One keep-alive connection to an expert; carries one response at a time."""
 
-    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
-        self.pool, self.key = pool, key
+    def __init__(self, pool: UpstreamPool, key: tuple[str, int], loop: asyncio.AbstractEventLoop) -> None:
+        self.pool, self.key, self.loop = pool, key, loop
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.lost = False
@@ -77,11 +77,17 @@ class _Conn(asyncio.Protocol):
             # every body piece of one read leaves in one write (the last events and the terminator of a
             # stream usually arrive together)
             data = pending[0] if len(pending) == 1 else b"".join(pending)
-            sink = r.sink
-            if sink is not None:  # piped: straight to the client, no call in between (runs per chunk)
-                sink(data)
-                if not r.writable():
-                    r.wake()  # let `pipe` apply back-pressure
+            out = r.out
+            if out is not None:
+                # piped: straight to the client in chunked framing, inline (runs per chunk: no call to a
+                # closure, no task woken; `pipe` only wakes up for back-pressure and the end)
+                r.progress.last_io = r.clock()
+                # a client gone (or going) is not the expert's failure: drop the bytes, the relay's
+                # disconnect hook cancels it
+                if not r.out_cycle.disconnected and not out.is_closing():
+                    out.write(b"%x\r\n%s\r\n" % (len(data), data))
+                if r.out_flow.write_paused:
+                    r.wake()
             else:
                 r.buf.append(data)
                 r.wake()
@@ -142,8 +148,13 @@ class UpstreamResponse:
         self.exc: BaseException | None = None
         self.buf: list[bytes] = []
         self.waiter: asyncio.Future[None] | None = None
-        self.sink: Callable[[bytes], None] | None = None
-        self.writable: Callable[[], bool] = bool
+        # set while piped (see `pipe`): the client's transport, its uvicorn cycle and flow control, the
+        # object whose `last_io` the read-timeout watchdog reads, and the loop clock
+        self.out: asyncio.Transport | None = None
+        self.out_cycle: Any = None
+        self.out_flow: Any = None
+        self.progress: Any = None
+        self.clock: Callable[[], float] = time.monotonic
         self.returned = False
         self.content = self  # aiohttp's `resp.content.readany()` spelling, for the generic relay loop
 
@@ -164,7 +175,7 @@ class UpstreamResponse:
         self.wake()
 
     async def _wait(self) -> None:
-        fut = asyncio.get_running_loop().create_future()
+        fut = self.conn.loop.create_future()
         self.waiter = fut
         await fut
 
@@ -195,14 +206,21 @@ class UpstreamResponse:
         self.buf.clear()
         return data
 
-    async def pipe(self, write: Callable[[bytes], None], writable: Callable[[], bool], drain: Any) -> None:
-        """Relay the rest of the body through `write` (called from the socket callback, no task wake-up per
-        chunk). When `writable()` turns false, stop reading the expert until `await drain()` returns."""
+    async def pipe(self, out: asyncio.Transport, cycle: Any, flow: Any, progress: Any) -> None:
+        """Relay the rest of the body to the client transport `out` in chunked framing, written from the
+        socket callback (`_Conn.data_received`), with no task wake-up per chunk. `cycle` is uvicorn's
+        request cycle (its `disconnected` flag), `flow` its flow control (`write_paused`, `drain`);
+        `progress.last_io` gets the loop time of each read. While the client's buffer is full, the expert
+        is not read."""
+        clock = self.conn.loop.time
         if self.buf:
-            write(b"".join(self.buf))
+            progress.last_io = clock()
+            if not cycle.disconnected and not out.is_closing():
+                data = b"".join(self.buf)
+                out.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.buf.clear()
-
-        self.sink, self.writable = write, writable  # called by _Conn.data_received
+        self.out_cycle, self.out_flow, self.progress, self.clock = cycle, flow, progress, clock
+        self.out = out  # last: from here on _Conn.data_received writes
         transport = self.conn.transport
         assert transport is not None
         try:
@@ -211,17 +229,17 @@ class UpstreamResponse:
                     raise self.exc
                 if self.complete:
                     return
-                if not writable():
+                if flow.write_paused:
                     transport.pause_reading()
                     try:
-                        await drain()
+                        await flow.drain()
                     finally:
                         if not self.conn.lost:
                             transport.resume_reading()
                     continue
                 await self._wait()
         finally:
-            self.sink = None
+            self.out = None
 
     def release(self) -> None:
         """Body fully read: the connection goes back to the pool (or is closed if not reusable)."""
@@ -290,11 +308,12 @@ class UpstreamPool:
             fut = asyncio.get_running_loop().create_future()
             self.waiters.append(fut)
             await fut
-        conn = _Conn(self, key)
+        loop = asyncio.get_running_loop()  # once per new connection (a getpid() call on 3.11)
+        conn = _Conn(self, key, loop)
         self.in_use.add(conn)  # counts against the limit while connecting
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                await asyncio.get_running_loop().create_connection(lambda: conn, key[0], key[1])
+                await loop.create_connection(lambda: conn, key[0], key[1])
         except TimeoutError:
             self.done_with(conn)
             raise aiohttp.ConnectionTimeoutError(

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -93,26 +94,78 @@ async def test_stream_is_piped_with_reads_coalesced_and_back_pressure() -> None:
         await reader.read()  # keep the connection open until the client closes it
 
     pool = UpstreamPool(limit=10, connect_timeout_s=5)
-    writes: list[bytes] = []
-    writable = {"ok": False}
-    drained = asyncio.Event()
-
-    async def drain() -> None:
-        await drained.wait()
+    out = _Out()
+    flow = _Flow()
+    cycle = SimpleNamespace(disconnected=False)
+    progress = SimpleNamespace(last_io=0.0)
 
     async with server(handler) as (url, _):
         r = await pool.post(url, b"{}", {})
         assert r.status == 200
-        task = asyncio.create_task(r.pipe(writes.append, lambda: writable["ok"], drain))
+        flow.write_paused = True  # the client is "full"
+        task = asyncio.create_task(r.pipe(out, cycle, flow, progress))
         await asyncio.sleep(0.2)
-        assert writes == [b"data: 1\n\n"]  # the client is "full": the expert is no longer read
-        writable["ok"] = True
-        drained.set()
+        assert out.writes == [b"9\r\ndata: 1\n\n\r\n"]  # the expert is no longer read
+        assert progress.last_io > 0
+        flow.write_paused = False
+        flow.drained.set()
         await asyncio.wait_for(task, 5)
-        assert writes == [b"data: 1\n\n", b"data: 2\n\ndata: [DONE]\n\n"]  # two chunks of one read: one write
+        # two chunks of one read: one write, re-framed as one chunk
+        assert out.writes[1:] == [b"17\r\ndata: 2\n\ndata: [DONE]\n\n\r\n"]
         r.release()
         assert pool.stats() == {"in_use": 0, "idle": 1}
     pool.close()
+
+
+async def test_piped_bytes_are_dropped_once_the_client_is_gone() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(chunk(b"data: 2\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    pool = UpstreamPool(limit=10, connect_timeout_s=5)
+    out = _Out()
+    cycle = SimpleNamespace(disconnected=False)
+    async with server(handler) as (url, _):
+        r = await pool.post(url, b"{}", {})
+        task = asyncio.create_task(r.pipe(out, cycle, _Flow(), SimpleNamespace(last_io=0.0)))
+        for _ in range(100):
+            if out.writes:
+                break
+            await asyncio.sleep(0.01)
+        cycle.disconnected = True
+        await asyncio.wait_for(task, 5)
+        assert out.writes == [b"9\r\ndata: 1\n\n\r\n"]
+        r.release()
+    pool.close()
+
+
+class _Out:
+    """The client transport as the pipe sees it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class _Flow:
+    """uvicorn's FlowControl as the pipe sees it."""
+
+    def __init__(self) -> None:
+        self.write_paused = False
+        self.drained = asyncio.Event()
+
+    async def drain(self) -> None:
+        await self.drained.wait()
 
 
 @pytest.mark.parametrize(
