@@ -32,6 +32,7 @@ def load_results(bench_dir: Path = BENCH_DIR) -> Results:
         "accuracy",
         "classifier",
         "gateway",
+        "gateway_accept",
         "gateway_options",
         "gateway_workers",
         "sim",
@@ -386,6 +387,10 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     ),
     "gateway_workers": _gateway_extra(
         "gateway_workers", "Gateway with 2 worker processes (`gateway_workers.json`)"
+    ),
+    "gateway_accept": _gateway_extra(
+        "gateway_accept",
+        "Fake upstream on stock uvloop: one accept per loop iteration (`gateway_accept.json`)",
     ),
     "accuracy": accuracy,
     "soak": soak,

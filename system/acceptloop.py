@@ -91,11 +91,20 @@ class BatchAcceptServer:
             task.add_done_callback(self._pending.discard)
 
     async def _attach(self, conn: socket.socket) -> None:
+        # A connection accepted before close() but set up after it would never see the server's shutdown
+        # (uvicorn shuts down the connections it knows of, then waits for all of them to end): drop it, as
+        # a listening socket closed a moment earlier would have.
+        if self._closed.is_set():
+            conn.close()
+            return
         try:
-            await self._loop.connect_accepted_socket(self._factory, conn)
+            transport, _protocol = await self._loop.connect_accepted_socket(self._factory, conn)
         except Exception as e:  # the peer left before it was set up: nothing to serve
             log.debug("accepted connection dropped: %r", e)
             conn.close()
+            return
+        if self._closed.is_set():
+            transport.close()
 
     def close(self) -> None:
         if self._closed.is_set():

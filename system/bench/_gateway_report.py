@@ -32,7 +32,7 @@ def render_markdown(
         f"### {title}",
         "",
         f"Measured {meta['date']} on {meta['cpu_count']} × {meta['host_cpu']} (load average at the end "
-        f"{meta.get('load_avg_end')}, other jobs sharing the machine); upstream: {meta['upstream']}; "
+        f"{meta.get('load_avg_end')}); upstream: {meta['upstream']}; "
         f"{meta['reps']} repetitions × {meta['seconds']:g} s per run after {meta['warmup_s']:g} s warm-up; "
         f"core pinning {meta['pinning']}. Every repetition runs, per stream count, direct → every proxy "
         "(order rotated per repetition) → direct, each a closed loop of N streaming users (one "

@@ -21,6 +21,9 @@ def _sigterm_as_interrupt() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    # SIGINT too, explicitly: a process started from a shell's background job (`cmd &` without job control)
+    # inherits SIGINT as *ignored*, and Python then leaves it ignored, so `kill -INT` would do nothing
+    signal.signal(signal.SIGINT, handler)
 
 
 def _load(path: str):  # -> ExperimentConfig

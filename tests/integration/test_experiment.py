@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -270,12 +271,16 @@ def test_stack_up_serves_until_interrupted_then_stops_everything(tmp_path: Path)
 
     exp = _write(tmp_path, mini())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # started with SIGINT ignored, as from a shell's background job (`make test &`): stack up must still
+    # take SIGINT as Ctrl-C (it failed this way when the suite itself ran in the background)
     proc = subprocess.Popen(
         [sys.executable, "-m", "system.cli", "stack", "up", str(exp), "--config-name", "single",
          "--work-dir", str(tmp_path / "stack")],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
     lines: list[str] = []
+    pids: list[int] = []
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -292,6 +297,9 @@ def test_stack_up_serves_until_interrupted_then_stops_everything(tmp_path: Path)
     finally:
         if proc.poll() is None:
             proc.kill()
+            for p in pids:  # the servers it did not stop (each leads its own process group)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p, signal.SIGKILL)
     assert proc.returncode == 0, "".join(lines) + rest
     assert "stopped" in rest
     time.sleep(0.2)

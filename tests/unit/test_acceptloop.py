@@ -171,3 +171,34 @@ def test_out_of_fds_pauses_accepting_then_resumes(monkeypatch: pytest.MonkeyPatc
 
     with asyncio.Runner(loop_factory=new_event_loop) as r:
         r.run(main())
+
+
+def test_connections_accepted_but_not_yet_set_up_are_dropped_by_close() -> None:
+    """uvicorn shuts down the connections it knows of at close(), then waits for all to end: one set up after
+    close() would keep it waiting for ever."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        made: list[int] = []
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                made.append(1)
+
+        server = await loop.create_server(P, "127.0.0.1", 0)
+        listener = server._sockets[0]
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+        loop.remove_reader(listener.fileno())
+        server._accept(listener)  # accepted, their set-up tasks not run yet
+        assert len(server._pending) == 3
+        server.close()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert made == [] and not server._pending
+        for c in clients:
+            c.settimeout(5)
+            assert c.recv(1) == b""  # closed by the server
+            c.close()
+
+    with asyncio.Runner(loop_factory=new_event_loop) as r:
+        r.run(main())

@@ -13,6 +13,8 @@ from system.gateway.request import (
     check_content_type,
     parse_body,
     prompt_text,
+    read_body_asgi,
+    request_head,
     rewrite_model,
 )
 
@@ -135,3 +137,52 @@ def test_rewrite_splices_in_place_keeping_everything_else() -> None:
     raw = '{"metadata": {"model": "auto"}, "\\u006dodel" : "auto" ,"p": "ü"}'.encode()
     out = rewrite_model(raw, parse_body(raw), "served")
     assert out == '{"metadata": {"model": "auto"}, "\\u006dodel" : "served" ,"p": "ü"}'.encode()
+
+
+def test_request_head_takes_the_first_of_repeated_headers_and_only_the_forwarded_ones() -> None:
+    headers = [
+        (b"host", b"x"),
+        (b"content-type", b"application/json"),
+        (b"content-type", b"text/plain"),
+        (b"content-length", b"12"),
+        (b"x-request-id", b"first"),
+        (b"x-request-id", b"second"),
+        (b"authorization", b"Bearer t"),
+        (b"cookie", b"secret"),
+    ]
+    head = request_head(headers, frozenset({b"authorization", b"x-request-id", b"traceparent"}))
+    assert head.content_type == "application/json"
+    assert head.content_length == b"12"
+    assert head.forward == {"x-request-id": "first", "authorization": "Bearer t"}
+
+
+def _receiver(*messages: dict[str, object]) -> object:
+    queue = list(messages)
+
+    async def receive() -> dict[str, object]:
+        return queue.pop(0)
+
+    return receive
+
+
+async def test_read_body_asgi_joins_parts_and_enforces_the_limit() -> None:
+    parts = (
+        {"type": "http.request", "body": b'{"a":', "more_body": True},
+        {"type": "http.request", "body": b"1}"},
+    )
+    assert await read_body_asgi(_receiver(*parts), 100, None) == b'{"a":1}'
+    with pytest.raises(BadRequest) as exc:
+        await read_body_asgi(_receiver(*parts), 6, None)
+    assert exc.value.status == 413 and "limit of 6 bytes" in exc.value.message
+    with pytest.raises(BadRequest) as exc:  # refused from the declared length, before reading anything
+        await read_body_asgi(_receiver(), 6, b"7")
+    assert exc.value.status == 413 and "7 bytes" in exc.value.message
+
+
+async def test_read_body_asgi_reports_a_client_that_left_mid_body() -> None:
+    receive = _receiver(
+        {"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}
+    )
+    with pytest.raises(BadRequest) as exc:
+        await read_body_asgi(receive, 100, None)
+    assert exc.value.status == 499
