@@ -1,11 +1,11 @@
 """A uvloop event loop whose TCP servers accept every waiting connection per wake-up, as asyncio's loop does.
 
-Why: libuv accepts one connection per event-loop iteration (libuv/libuv#3696, since 1.45), so a uvloop
-server's accept rate is one connection per loop iteration. A gateway or engine relaying 1,000 streams runs
-iterations of 10-30 ms, i.e. it accepts 30-100 connections a second, and a burst of new connections (1,000
-users ramping up; a proxy opening its upstream pool) waits seconds in the kernel's accept queue, its TTFT
-with it. CPython's selector loop accepts up to `backlog` connections per wake-up instead. `BatchAcceptLoop`
-does the same for plain-TCP servers (up to `accept_batch` per wake-up), everything else is uvloop's.
+Why: libuv accepts one connection per event-loop iteration (libuv/libuv#3696), so a uvloop server's accept
+rate is one connection per loop iteration. A gateway or engine relaying 1,000 streams runs iterations of tens
+of milliseconds, i.e. it accepts a few dozen connections a second, and a burst of new connections (users
+ramping up; a proxy opening its upstream pool) waits seconds in the kernel's accept queue, its TTFT with it.
+CPython's selector loop accepts up to `backlog` connections per wake-up instead. `BatchAcceptLoop` does the
+same for plain-TCP servers (up to `accept_batch` per wake-up); everything else is uvloop's.
 `docs/GATEWAY.md` ("Accepting connections") has the measurement.
 """
 
@@ -22,7 +22,9 @@ import uvloop
 
 log = logging.getLogger("expert_router.accept")
 
-ACCEPT_BATCH = 128  # connections accepted per wake-up (~30 us each): bounds one wake-up's work to a few ms
+ACCEPT_BATCH = (
+    128  # connections accepted per wake-up: bounds the work of one wake-up, as `backlog` does in asyncio
+)
 RETRY_S = 1.0  # out of fds (EMFILE...): stop accepting this long, as asyncio does
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
