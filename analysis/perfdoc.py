@@ -306,11 +306,9 @@ def accuracy(r: Results) -> str:
         w = worst[0]
         lines += [
             "",
-            f"At {w['users']:,} users the client share p99 ({w['ttft_error_p99_ms']:+.1f} ms) is of the "
-            "size of "
-            f"the send → arrival p99 ({w['send_to_arrival_p99_ms']:.1f} ms) with a client loop lag p99 of "
-            f"{w['client_loop_lag_p99_ms']:.1f} ms and at most {w['client_cpu_max_percent']:.0f} % "
-            "client CPU.",
+            f"At {w['users']:,} users: client share p99 {w['ttft_error_p99_ms']:+.1f} ms, send → arrival "
+            f"p99 {w['send_to_arrival_p99_ms']:.1f} ms, client loop lag p99 "
+            f"{w['client_loop_lag_p99_ms']:.1f} ms, at most {w['client_cpu_max_percent']:.0f} % client CPU.",
         ]
     return "\n".join(lines)
 
