@@ -172,7 +172,8 @@ def machine(r: Results) -> str:
     date = str(m.get("date", "")).split(" ")[0]
     return (
         f"**Machine:** {m.get('cpus')} × {m.get('cpu')} vCPU, {m.get('memory_gb')} GB, Python "
-        f"{m.get('python')}, Locust {r['accuracy'].get('locust', '?')}. Date of the committed runs: {date}."
+        f"{m.get('python')}, Locust {r['accuracy'].get('locust', '?')} (as recorded by the accuracy run of "
+        f"{date}; the other sections may come from older runs)."
     )
 
 
