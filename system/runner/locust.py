@@ -162,31 +162,11 @@ def run_locust(
     )
     if timeout_s is None:
         timeout_s = (run_time_s or 0.0) + GRACE_S if run_time_s is not None else None
-    child_env = dict(os.environ if env is None else env)
-    child_env.setdefault("PYTHONUNBUFFERED", "1")
-    timed_out = False
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc)
-            rc = proc.returncode if proc.returncode is not None else -9
-        except BaseException:
-            _kill_group(proc)
-            raise
+    rc, timed_out, pid = run_process(cmd, log, env, timeout_s)
     # forked --processes workers share the group: make sure none outlives the run
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    stats: list[dict[str, Any]] = []
-    stats_file = json_prefix.with_name(json_prefix.name + ".json")
-    if stats_file.exists():
-        with contextlib.suppress(json.JSONDecodeError, OSError):
-            stats = list(json.loads(stats_file.read_text()))
+        os.killpg(pid, signal.SIGKILL)
+    stats = read_stats(json_prefix)
     return LocustResult(
         arrivals=read_arrivals(records),
         returncode=rc,
@@ -197,6 +177,42 @@ def run_locust(
         stats=stats,
         timed_out=timed_out,
     )
+
+
+def run_process(
+    cmd: list[str],
+    log: Path,
+    env: Mapping[str, str] | None,
+    timeout_s: float | None,
+    *,
+    cwd: Path | None = None,
+) -> tuple[int, bool, int]:
+    """Run a Locust command in its own process group, stdout+stderr appended to `log`; the group is killed
+    when it outlives `timeout_s` or the caller is interrupted. Returns (returncode, timed_out, pid)."""
+    child_env = dict(os.environ if env is None else env)
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env, cwd=cwd,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            return proc.wait(timeout=timeout_s), False, proc.pid
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return (proc.returncode if proc.returncode is not None else -9), True, proc.pid
+        except BaseException:
+            _kill_group(proc)
+            raise
+
+
+def read_stats(json_prefix: Path) -> list[dict[str, Any]]:
+    """Locust's `--json-file` stats (`<prefix>.json`); [] when it is missing or unreadable."""
+    stats_file = json_prefix.with_name(json_prefix.name + ".json")
+    if stats_file.exists():
+        with contextlib.suppress(json.JSONDecodeError, OSError):
+            return list(json.loads(stats_file.read_text()))
+    return []
 
 
 def read_arrivals(records_dir: Path) -> list[dict[str, Any]]:

@@ -11,14 +11,10 @@ Locust process: hostname-pid), so a repeated upload replaces, never duplicates.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
 import re
-import signal
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -239,7 +235,7 @@ class RemoteLocust:
         timeout_s: float | None = None,
         open_loop: Any = None,
     ) -> Any:
-        from system.runner.locust import GRACE_S, LocustResult, build_command
+        from system.runner.locust import GRACE_S, LocustResult, build_command, read_stats, run_process
 
         if open_loop is not None:
             raise ValueError("open-loop (rate) steps are not supported with --remote-workers yet")
@@ -267,24 +263,11 @@ class RemoteLocust:
         step = f"{self._n}-{records.parent.parent.name}-{records.parent.name}"
         self.control.announce(step, records)
         limit = (run_time_s or 0.0) + self.wait_workers_s + GRACE_S if timeout_s is None else timeout_s
-        child_env = dict(os.environ if env is None else env)
-        child_env.setdefault("PYTHONUNBUFFERED", "1")
-        timed_out = False
-        with open(log, "ab") as fh:
-            proc = subprocess.Popen(
-                cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,
-                cwd=records.parent, start_new_session=True,
-            )  # fmt: skip
-            try:
-                rc = proc.wait(timeout=limit)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(proc)
-                rc = proc.returncode if proc.returncode is not None else -9
-            except BaseException:
-                _kill_group(proc)
-                self.control.close_step()
-                raise
+        try:
+            rc, timed_out, _pid = run_process(cmd, log, env, limit, cwd=records.parent)
+        except BaseException:
+            self.control.close_step()
+            raise
         reports = self.control.wait_finished(step, self.workers, self.upload_timeout_s)
         self.control.close_step()
         summary = {
@@ -301,11 +284,7 @@ class RemoteLocust:
             )
         if len(reports) < self.workers:
             rc = rc if rc not in (0, 1) else 3  # fail the step: records of a worker are missing
-        stats: list[dict[str, Any]] = []
-        stats_file = json_prefix.with_name(json_prefix.name + ".json")
-        if stats_file.exists():
-            with contextlib.suppress(json.JSONDecodeError, OSError):
-                stats = list(json.loads(stats_file.read_text()))
+        stats = read_stats(json_prefix)
         return LocustResult(
             returncode=rc,
             records_dir=records,
@@ -323,14 +302,3 @@ def _default_host(bind_host: str) -> str:
     import socket
 
     return socket.getfqdn()
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
