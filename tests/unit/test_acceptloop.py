@@ -24,6 +24,21 @@ class _Counting(asyncio.Protocol):
         self.made.append(self.iteration[0])
 
 
+def _run(main: Any) -> None:
+    with asyncio.Runner(loop_factory=new_event_loop) as r:
+        r.run(main)
+
+
+def _recording(made: list[int]) -> type[asyncio.Protocol]:
+    """A protocol class that appends 1 to `made` for every connection set up."""
+
+    class Recording(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            made.append(1)
+
+    return Recording
+
+
 def _burst_iterations(loop_factory: Any, busy_s: float = 0.002) -> tuple[int, int]:
     """Queue BURST connections in the kernel while the loop runs ~busy_s per iteration; return (connections
     accepted, loop iterations it took from the first to the last)."""
@@ -108,8 +123,7 @@ def test_server_surface_and_close_stops_accepting() -> None:
         with pytest.raises(OSError):
             await asyncio.open_connection("127.0.0.1", port)
 
-    with asyncio.Runner(loop_factory=new_event_loop) as r:
-        r.run(main())
+    _run(main())
 
 
 def test_a_passed_listening_socket_is_served_in_batches_too() -> None:
@@ -125,8 +139,7 @@ def test_a_passed_listening_socket_is_served_in_batches_too() -> None:
         w.close()
         server.close()
 
-    with asyncio.Runner(loop_factory=new_event_loop) as r:
-        r.run(main())
+    _run(main())
 
 
 def test_out_of_fds_pauses_accepting_then_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,12 +148,7 @@ def test_out_of_fds_pauses_accepting_then_resumes(monkeypatch: pytest.MonkeyPatc
     async def main() -> None:
         loop = asyncio.get_running_loop()
         made: list[int] = []
-
-        class P(asyncio.Protocol):
-            def connection_made(self, transport: Any) -> None:
-                made.append(1)
-
-        server = await loop.create_server(P, "127.0.0.1", 0)
+        server = await loop.create_server(_recording(made), "127.0.0.1", 0)
         listener = server._sockets[0]
         real_accept = listener.accept
         fails = [1]
@@ -169,8 +177,7 @@ def test_out_of_fds_pauses_accepting_then_resumes(monkeypatch: pytest.MonkeyPatc
         w.close()
         server.close()
 
-    with asyncio.Runner(loop_factory=new_event_loop) as r:
-        r.run(main())
+    _run(main())
 
 
 def test_connections_accepted_but_not_yet_set_up_are_dropped_by_close() -> None:
@@ -180,12 +187,7 @@ def test_connections_accepted_but_not_yet_set_up_are_dropped_by_close() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         made: list[int] = []
-
-        class P(asyncio.Protocol):
-            def connection_made(self, transport: Any) -> None:
-                made.append(1)
-
-        server = await loop.create_server(P, "127.0.0.1", 0)
+        server = await loop.create_server(_recording(made), "127.0.0.1", 0)
         listener = server._sockets[0]
         clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
         loop.remove_reader(listener.fileno())
@@ -200,5 +202,4 @@ def test_connections_accepted_but_not_yet_set_up_are_dropped_by_close() -> None:
             assert c.recv(1) == b""  # closed by the server
             c.close()
 
-    with asyncio.Runner(loop_factory=new_event_loop) as r:
-        r.run(main())
+    _run(main())
