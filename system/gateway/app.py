@@ -24,7 +24,14 @@ from system.config import StrictModel
 from system.gateway.config import GatewayConfig, PolicyConfig
 from system.gateway.errors import error_response
 from system.gateway.relay import handle_completion
-from system.gateway.request import CHAT, COMPLETIONS, BadRequest, check_content_type, read_body
+from system.gateway.request import (
+    CHAT,
+    COMPLETIONS,
+    BadRequest,
+    check_content_type,
+    read_body_asgi,
+    request_head,
+)
 from system.gateway.schema import build_openapi
 from system.gateway.state import ADMIN_TOKEN_ENV, ClassifierLoader, Gateway
 from system.jsonbody import JsonBodyError, loads
@@ -58,8 +65,9 @@ _POLICY = TypeAdapter(PolicyConfig)
 
 async def admin_body(request: Request, gw: Gateway, *, required: bool) -> object:
     """An admin call's JSON body, read only after require_admin passed (401/403 come before any 400)."""
-    check_content_type(request.headers.get("content-type"))
-    raw = await read_body(request, ADMIN_BODY_BYTES)
+    head = request_head(request.scope["headers"], frozenset())
+    check_content_type(head.content_type)
+    raw = await read_body_asgi(request.receive, ADMIN_BODY_BYTES, head.content_length)
     if not raw.strip():
         if required:
             raise BadRequest(400, "request body is empty; expected a JSON object")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from starlette.requests import ClientDisconnect, Request
-
 from system.jsonbody import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_DIGITS,
@@ -25,27 +23,9 @@ class BadRequest(Exception):
         self.status, self.message, self.param = status, message, param
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over `limit` bytes without buffering it."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    parts: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BadRequest(413, f"request body exceeds the limit of {limit} bytes")
-            parts.append(chunk)
-    except ClientDisconnect:
-        raise BadRequest(499, "client disconnected while sending the body") from None
-    return b"".join(parts)
-
-
 async def read_body_asgi(receive: Any, limit: int, declared: bytes | None) -> bytes:
-    """`read_body` straight from ASGI `receive` (the completion endpoints' lane: no Request, no stream
-    generator); `declared` is the raw Content-Length header."""
+    """The request body from ASGI `receive`, refusing (413) anything over `limit` bytes without buffering it;
+    `declared` is the raw Content-Length header (refused at once when it is over the limit)."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BadRequest(413, f"request body of {declared.decode()} bytes exceeds the limit of {limit} bytes")
     parts: list[bytes] = []

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
@@ -81,7 +80,7 @@ class _Conn(asyncio.Protocol):
             if out is not None:
                 # piped: straight to the client in chunked framing, inline (runs per chunk: no call to a
                 # closure, no task woken; `pipe` only wakes up for back-pressure and the end)
-                r.progress.last_io = r.clock()
+                r.progress.last_io = self.loop.time()
                 # a client gone (or going) is not the expert's failure: drop the bytes, the relay's
                 # disconnect hook cancels it
                 if not r.out_cycle.disconnected and not out.is_closing():
@@ -149,12 +148,11 @@ class UpstreamResponse:
         self.buf: list[bytes] = []
         self.waiter: asyncio.Future[None] | None = None
         # set while piped (see `pipe`): the client's transport, its uvicorn cycle and flow control, the
-        # object whose `last_io` the read-timeout watchdog reads, and the loop clock
+        # object whose `last_io` the read-timeout watchdog reads
         self.out: asyncio.Transport | None = None
         self.out_cycle: Any = None
         self.out_flow: Any = None
         self.progress: Any = None
-        self.clock: Callable[[], float] = time.monotonic
         self.returned = False
         self.content = self  # aiohttp's `resp.content.readany()` spelling, for the generic relay loop
 
@@ -212,14 +210,13 @@ class UpstreamResponse:
         request cycle (its `disconnected` flag), `flow` its flow control (`write_paused`, `drain`);
         `progress.last_io` gets the loop time of each read. While the client's buffer is full, the expert
         is not read."""
-        clock = self.conn.loop.time
         if self.buf:
-            progress.last_io = clock()
+            progress.last_io = self.conn.loop.time()
             if not cycle.disconnected and not out.is_closing():
                 data = b"".join(self.buf)
                 out.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.buf.clear()
-        self.out_cycle, self.out_flow, self.progress, self.clock = cycle, flow, progress, clock
+        self.out_cycle, self.out_flow, self.progress = cycle, flow, progress
         self.out = out  # last: from here on _Conn.data_received writes
         transport = self.conn.transport
         assert transport is not None
