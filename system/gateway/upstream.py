@@ -105,6 +105,10 @@ class _Conn(asyncio.Protocol):
                 r.fail(aiohttp.ClientPayloadError(f"upstream closed the connection mid-response ({exc!r})"))
             else:
                 r.fail(aiohttp.ServerDisconnectedError(f"upstream closed the connection ({exc!r})"))
+        # the connection is over: break its cycles (response <-> connection, parser <-> its callbacks) so
+        # reference counting frees it, not the cyclic GC
+        self.resp = None
+        self.parser = None  # type: ignore[assignment]
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -154,7 +158,12 @@ class UpstreamResponse:
         self.out_flow: Any = None
         self.progress: Any = None
         self.returned = False
-        self.content = self  # aiohttp's `resp.content.readany()` spelling, for the generic relay loop
+
+    @property
+    def content(self) -> UpstreamResponse:
+        """aiohttp's `resp.content.readany()` spelling, for the generic relay loop (a property: an attribute
+        pointing at itself would make every response a reference cycle left to the cyclic GC)."""
+        return self
 
     # called by the protocol
     def wake(self) -> None:
@@ -236,7 +245,8 @@ class UpstreamResponse:
                     continue
                 await self._wait()
         finally:
-            self.out = None
+            # drop the references to the client side (no cycle outlives the request, see RelayResponse)
+            self.out = self.out_cycle = self.out_flow = self.progress = None
 
     def release(self) -> None:
         """Body fully read: the connection goes back to the pool (or is closed if not reusable)."""
