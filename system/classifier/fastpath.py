@@ -52,7 +52,7 @@ class FastPath:
 
     def _counts(self, text: str) -> dict[int, int]:
         """Term id -> count of the vocabulary terms in `text`, in first-seen order. A plain dict: under the
-        gateway's cold caches `collections.Counter` (its ABC checks included) cost ~60 us per prompt."""
+        gateway's cold caches `collections.Counter` (its ABC checks included) took up to ~60 us per prompt."""
         if self._lowercase:
             text = text.lower()
         vocab = self._vocab
