@@ -70,6 +70,29 @@ class LocustResult:
     timed_out: bool = False
     arrivals: list[dict[str, Any]] = field(default_factory=list)  # open loop: one report per process
 
+    @classmethod
+    def collect(
+        cls,
+        rc: int,
+        timed_out: bool,
+        records: Path,
+        log: Path,
+        cmd: list[str],
+        json_prefix: Path,
+        **extra: Any,
+    ) -> LocustResult:
+        """A finished run's result (local or remote workers): its record files and Locust's stats."""
+        return cls(
+            returncode=rc,
+            records_dir=records,
+            record_paths=record_files(records),
+            log_path=log,
+            cmd=cmd,
+            stats=read_stats(json_prefix),
+            timed_out=timed_out,
+            **extra,
+        )
+
     def locust_count(self, name: str = "E2E") -> tuple[int, int]:
         """(requests, failures) Locust counted for the entry `name` (E2E: one per finished request)."""
         for entry in self.stats:
@@ -166,16 +189,8 @@ def run_locust(
     # forked --processes workers share the group: make sure none outlives the run
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    stats = read_stats(json_prefix)
-    return LocustResult(
-        arrivals=read_arrivals(records),
-        returncode=rc,
-        records_dir=records,
-        record_paths=record_files(records),
-        log_path=log,
-        cmd=cmd,
-        stats=stats,
-        timed_out=timed_out,
+    return LocustResult.collect(
+        rc, timed_out, records, log, cmd, json_prefix, arrivals=read_arrivals(records)
     )
 
 

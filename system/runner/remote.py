@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from system.records import RECORD_FILE_PREFIX, RECORD_FILE_SUFFIX, record_files
+from system.records import RECORD_FILE_PREFIX, RECORD_FILE_SUFFIX
 
 CONTROL_PORT_OFFSET = 1
 _FILE = re.compile(rf"^{RECORD_FILE_PREFIX}[A-Za-z0-9._-]+{re.escape(RECORD_FILE_SUFFIX)}$")
@@ -235,7 +235,7 @@ class RemoteLocust:
         timeout_s: float | None = None,
         open_loop: Any = None,
     ) -> Any:
-        from system.runner.locust import GRACE_S, LocustResult, build_command, read_stats, run_process
+        from system.runner.locust import GRACE_S, LocustResult, build_command, run_process
 
         if open_loop is not None:
             raise ValueError("open-loop (rate) steps are not supported with --remote-workers yet")
@@ -284,16 +284,7 @@ class RemoteLocust:
             )
         if len(reports) < self.workers:
             rc = rc if rc not in (0, 1) else 3  # fail the step: records of a worker are missing
-        stats = read_stats(json_prefix)
-        return LocustResult(
-            returncode=rc,
-            records_dir=records,
-            record_paths=record_files(records),
-            log_path=log,
-            cmd=cmd,
-            stats=stats,
-            timed_out=timed_out,
-        )
+        return LocustResult.collect(rc, timed_out, records, log, cmd, json_prefix)
 
 
 def _default_host(bind_host: str) -> str:
