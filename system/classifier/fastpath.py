@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import math
 import re
+from operator import mul
 
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import Pipeline
+
+try:  # the C loop behind collections.Counter, without Counter's per-call Python overhead
+    from _collections import _count_elements
+except ImportError:  # pragma: no cover - other interpreters
+
+    def _count_elements(mapping: dict, iterable) -> None:  # type: ignore[no-redef,type-arg,no-untyped-def]
+        for x in iterable:
+            mapping[x] = mapping.get(x, 0) + 1
 
 # sklearn's Pipeline.predict on one string validates inputs, builds a CSR matrix and runs chunked
 # distance kernels: hundreds of microseconds. The gateway classifies every request on its event loop, so we
@@ -39,9 +48,12 @@ class FastPath:
             self._proj: np.ndarray | None = np.ascontiguousarray(steps["svd"].components_.T, dtype=np.float64)
             self._normalize = "norm" in steps
             self._centroids = np.ascontiguousarray(centroids)
-            # predict's lean form (see predict): idf folded into the projection rows
+            # predict's lean form (see predict): idf folded into the projection rows, and each row followed by
+            # its dot products with the centroids, so one gather and one product give both z and C @ z
             idf = self._idf[:, None] if self._idf is not None else 1.0
-            self._proj_idf = np.ascontiguousarray(self._proj * idf)
+            proj_idf = self._proj * idf
+            self._dim = int(proj_idf.shape[1])
+            self._proj_aug = np.ascontiguousarray(np.hstack([proj_idf, proj_idf @ centroids.T]))
         else:
             self._proj = None
             self._normalize = False
@@ -51,17 +63,15 @@ class FastPath:
         self._c_sq_list: list[float] = self._c_sq.tolist()
 
     def _counts(self, text: str) -> dict[int, int]:
-        """Term id -> count of the vocabulary terms in `text`, in first-seen order. A plain dict: under the
-        gateway's cold caches `collections.Counter` (its ABC checks included) took up to ~60 us per prompt."""
+        """Term id -> count of the vocabulary terms in `text`, in first-seen order. A plain dict filled by
+        Counter's C loop: under the gateway's cold caches `collections.Counter` itself (its ABC checks
+        included) took up to ~60 us per prompt, and a Python loop over the tokens about half of that."""
         if self._lowercase:
             text = text.lower()
-        vocab = self._vocab
-        counts: dict[int, int] = {}
-        for t in self._findall(text):
-            i = vocab.get(t)
-            if i is not None:
-                counts[i] = counts.get(i, 0) + 1
-        return counts
+        counts: dict[int | None, int] = {}
+        _count_elements(counts, map(self._vocab.get, self._findall(text)))
+        counts.pop(None, None)  # tokens outside the vocabulary
+        return counts  # type: ignore[return-value]
 
     def _weights(self, text: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(term ids, l2-normalised tf-idf weights) of `text`, or None when no term is in the vocabulary."""
@@ -99,9 +109,10 @@ class FastPath:
 
     def predict(self, text: str) -> int:
         """Nearest centroid. With SVD + re-normalisation (the trained pipeline) this skips what cannot change
-        the answer: the tf-idf vector's l2 norm (a positive factor on the SVD output, which is re-normalised)
-        and half the numpy calls of `scores`. The gateway runs it on every request with caches made cold by
-        the network work around it, where each numpy call costs several microseconds (docs/PERFORMANCE.md)."""
+        the answer: the tf-idf vector's l2 norm (a positive factor on the SVD output, which is re-normalised).
+        One row gather (`take`) and one product give z and C @ z together (`_proj_aug`); the rest is a few
+        Python floats. The gateway runs it on every request with caches made cold by the network work around
+        it, where each numpy call costs several microseconds, fancy indexing most (docs/PERFORMANCE.md)."""
         if self._proj is None or not self._normalize:
             return int(np.argmin(self.scores(text)))
         counts = self._counts(text)
@@ -109,18 +120,20 @@ class FastPath:
         if not counts:
             return c_sq.index(min(c_sq))
         if self._sublinear:
-            tf = [1.0 + math.log(c) for c in counts.values()]
+            log = math.log
+            tf = [1.0 + log(c) for c in counts.values()]
         else:
             tf = [float(c) for c in counts.values()]
-        z = np.dot(tf, self._proj_idf[list(counts)])
-        zz = float(np.dot(z, z))
+        zc = np.dot(tf, self._proj_aug.take(list(counts), 0)).tolist()
+        d = self._dim
+        z = zc[:d]
+        zz = sum(map(mul, z, z))
         if zz <= 0.0:  # sklearn's Normalizer leaves a zero vector at the origin
             return c_sq.index(min(c_sq))
-        dots = np.dot(self._centroids, z).tolist()
         scale = 2.0 / math.sqrt(zz)
-        best, best_v = 0, c_sq[0] - scale * dots[0]
+        best, best_v = 0, c_sq[0] - scale * zc[d]
         for c in range(1, len(c_sq)):  # first minimum on ties, like argmin
-            v = c_sq[c] - scale * dots[c]
+            v = c_sq[c] - scale * zc[d + c]
             if v < best_v:
                 best, best_v = c, v
         return best
