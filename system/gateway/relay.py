@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from system.gateway.errors import error_body, error_response, sse_error_event
+from system.gateway.fastlane import start_chunked
 from system.gateway.pool import ExpertState
 from system.gateway.request import (
     BadRequest,
@@ -273,6 +274,12 @@ class RelayResponse(Response):
         if pipe is None or getattr(cycle, "chunked_encoding", None) is not True:
             return False
         await pipe(cycle.transport, cycle, cycle.flow, self)  # type: ignore[union-attr]
+        if resp.terminated:
+            # the terminating chunk already went out with the last bytes (see _Conn.data_received): the
+            # final empty `send` still completes uvicorn's cycle (keep-alive, next request) but writes
+            # nothing, as for a response whose content-length is reached
+            cycle.chunked_encoding = False  # type: ignore[union-attr]
+            cycle.expected_content_length = 0  # type: ignore[union-attr]
         return True
 
     def _fallback(self, tried: set[str]) -> ExpertState | None:
@@ -313,7 +320,8 @@ class RelayResponse(Response):
         overhead = (t_dispatch - self.t0) + (time.perf_counter() - t_headers)
         headers += self._router_headers(expert, overhead)
         self.headers_sent = True
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if not start_chunked(getattr(send, "__self__", None), status, headers):
+            await send({"type": "http.response.start", "status": status, "headers": headers})
         self.gw.metrics.overhead.observe(overhead)
         try:
             if not await self._pipe(send, resp):

@@ -112,10 +112,33 @@ async def test_stream_is_piped_with_reads_coalesced_and_back_pressure() -> None:
         flow.write_paused = False
         flow.drained.set()
         await asyncio.wait_for(task, 5)
-        # two chunks of one read: one write, re-framed as one chunk
-        assert out.writes[1:] == [b"17\r\ndata: 2\n\ndata: [DONE]\n\n\r\n"]
+        # two chunks and the end of one read: one write, re-framed as one chunk followed by the terminator
+        assert out.writes[1:] == [b"17\r\ndata: 2\n\ndata: [DONE]\n\n\r\n0\r\n\r\n"]
+        assert r.terminated
         r.release()
         assert pool.stats() == {"in_use": 0, "idle": 1}
+    pool.close()
+
+
+async def test_a_terminator_read_alone_is_written_alone() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    pool = UpstreamPool(limit=10, connect_timeout_s=5)
+    out = _Out()
+    async with server(handler) as (url, _):
+        r = await pool.post(url, b"{}", {})
+        progress = SimpleNamespace(last_io=0.0)
+        await asyncio.wait_for(r.pipe(out, SimpleNamespace(disconnected=False), _Flow(), progress), 5)
+        assert out.writes == [b"9\r\ndata: 1\n\n\r\n", b"0\r\n\r\n"]
+        assert r.terminated
+        r.release()
     pool.close()
 
 
@@ -142,6 +165,7 @@ async def test_piped_bytes_are_dropped_once_the_client_is_gone() -> None:
         cycle.disconnected = True
         await asyncio.wait_for(task, 5)
         assert out.writes == [b"9\r\ndata: 1\n\n\r\n"]
+        assert not r.terminated  # the client never got the end: nothing may pretend it did
         r.release()
     pool.close()
 
@@ -249,6 +273,58 @@ async def test_both_upstream_clients_relay_the_same_stream(shared: list[int]) ->
     assert b_raw.count(b"data: ") == b_aio.count(b"data: ") >= 5  # 4 tokens, final events, [DONE]
     assert b_raw.endswith(b"data: [DONE]\n\n") and b_aio.endswith(b"data: [DONE]\n\n")
     assert events(b_raw) == events(b_aio)  # the same events, apart from ids and times
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["end-with-last-read", "end-read-alone"])
+async def test_keep_alive_client_gets_each_stream_terminated_once(together: bool) -> None:
+    """Streams whose terminating chunk the pipe writes itself (with the last bytes, or alone): on one
+    keep-alive client connection, every response ends with exactly one terminator and the next request is
+    answered on the same connection (uvicorn's cycle completed without a second terminator)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.startswith(b"GET"):  # the gateway's health checks
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                continue
+            length = next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))
+            await reader.readexactly(int(length.split(b":")[1]))
+            writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            last = chunk(b"data: [DONE]\n\n")
+            if together:
+                writer.write(last + b"0\r\n\r\n")
+            else:
+                writer.write(last)
+                await writer.drain()
+                await asyncio.sleep(0.02)
+                writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async with server(handler) as (up_url, _):
+        port = int(up_url.split(":")[2].split("/")[0])
+        cfg = make_cfg([port], policy={"kind": "round_robin"})
+        async with gateway_in_process(cfg, KeywordClassifier()) as url:
+            host, gw_port = url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(gw_port))
+            body = json.dumps(chat("hi", stream=True)).encode()
+            request = (
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            answers = []
+            for _ in range(3):  # all on this one connection
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+                answers.append(await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5))
+            writer.write_eof()
+            rest = await asyncio.wait_for(reader.read(), 5)  # the gateway closes after our EOF
+            writer.close()
+    assert rest == b""  # no stray second terminator after any answer
+    for a in answers:
+        assert a == chunk(b"data: 1\n\n") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 
 
 def events(body: bytes) -> list[Any]:
