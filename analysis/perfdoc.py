@@ -33,6 +33,7 @@ def load_results(bench_dir: Path = BENCH_DIR) -> Results:
         "classifier",
         "gateway",
         "gateway_accept",
+        "gateway_cpu",
         "gateway_options",
         "gateway_workers",
         "sim",
@@ -386,6 +387,9 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     ),
     "gateway_workers": _gateway_extra(
         "gateway_workers", "Gateway with 2 worker processes (`gateway_workers.json`)"
+    ),
+    "gateway_cpu": _gateway_extra(
+        "gateway_cpu", "CPU per request against vllm-router, 10 repetitions (`gateway_cpu.json`)"
     ),
     "gateway_accept": _gateway_extra(
         "gateway_accept",

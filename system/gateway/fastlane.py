@@ -1,4 +1,4 @@
-"""The streaming fast lane's response head: written straight to uvicorn's httptools cycle, checked once."""
+"""The stream's fast lane on uvicorn's httptools cycle: the head written directly, the body piped."""
 
 from __future__ import annotations
 
@@ -38,4 +38,24 @@ def start_chunked(cycle: Any, status: int, headers: list[tuple[bytes, bytes]]) -
         head.append(b"connection: close\r\n")
     head.append(b"transfer-encoding: chunked\r\n\r\n")
     transport.write(b"".join(head))
+    return True
+
+
+async def pipe_stream(send: Any, resp: Any, progress: Any) -> bool:
+    """The stream's fast lane: the raw upstream client writes each upstream read straight to uvicorn's
+    transport for this connection (chunked framing as uvicorn's `send` would write it), from the socket
+    callback; no coroutine runs per chunk. Only when `send` is uvicorn's httptools cycle, which has sent the
+    head with chunked encoding; False (nothing done) otherwise, and the caller loops over `readany`.
+    `progress.last_io` gets the loop time of each read (the relay's read-timeout watchdog reads it)."""
+    pipe = getattr(resp, "pipe", None)
+    cycle = getattr(send, "__self__", None)
+    if pipe is None or getattr(cycle, "chunked_encoding", None) is not True:
+        return False
+    await pipe(cycle.transport, cycle, cycle.flow, progress)
+    if resp.terminated:
+        # the terminating chunk already went out with the last bytes (see upstream._Conn.data_received): the
+        # relay's final empty `send` still completes uvicorn's cycle (keep-alive, next request) but writes
+        # nothing, as for a response whose content-length is reached
+        cycle.chunked_encoding = False
+        cycle.expected_content_length = 0
     return True

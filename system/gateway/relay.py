@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from system.gateway.errors import error_body, error_response, sse_error_event
-from system.gateway.fastlane import start_chunked
+from system.gateway.fastlane import pipe_stream, start_chunked
 from system.gateway.pool import ExpertState
 from system.gateway.request import (
     BadRequest,
@@ -44,9 +44,9 @@ class RelayResponse(Response):
     """Sends the request upstream and relays the answer through raw ASGI messages.
 
     Streams are relayed as the upstream's bytes arrive, never parsed as events: written from the expert
-    socket's callback straight to uvicorn's transport (`_pipe`, the default), or else one ASGI message per
-    `readany`. A client disconnect cancels the upstream request at once, streaming or not (`_hook_disconnect`
-    under uvicorn's httptools cycle, a watcher task otherwise).
+    socket's callback straight to uvicorn's transport (`fastlane.pipe_stream`, the default), or else one ASGI
+    message per `readany`. A client disconnect cancels the upstream request at once, streaming or not
+    (`_hook_disconnect` under uvicorn's httptools cycle, a watcher task otherwise).
     """
 
     def __init__(
@@ -264,24 +264,6 @@ class RelayResponse(Response):
             else:
                 resp.close()  # cancelled or broken: drop the connection so the upstream stops work
 
-    async def _pipe(self, send: Send, resp: Any) -> bool:
-        """The stream's fast lane: the raw upstream client writes each upstream read straight to uvicorn's
-        transport for this connection (chunked framing as uvicorn's `send` would write it), from the socket
-        callback; no coroutine runs per chunk. Only when `send` is uvicorn's httptools cycle, which has
-        sent the headers with chunked encoding; False (nothing done) otherwise, and the caller loops."""
-        pipe = getattr(resp, "pipe", None)
-        cycle = getattr(send, "__self__", None)
-        if pipe is None or getattr(cycle, "chunked_encoding", None) is not True:
-            return False
-        await pipe(cycle.transport, cycle, cycle.flow, self)  # type: ignore[union-attr]
-        if resp.terminated:
-            # the terminating chunk already went out with the last bytes (see _Conn.data_received): the
-            # final empty `send` still completes uvicorn's cycle (keep-alive, next request) but writes
-            # nothing, as for a response whose content-length is reached
-            cycle.chunked_encoding = False  # type: ignore[union-attr]
-            cycle.expected_content_length = 0  # type: ignore[union-attr]
-        return True
-
     def _fallback(self, tried: set[str]) -> ExpertState | None:
         policy = self.gw.policy
         assert policy is not None
@@ -324,7 +306,7 @@ class RelayResponse(Response):
             await send({"type": "http.response.start", "status": status, "headers": headers})
         self.gw.metrics.overhead.observe(overhead)
         try:
-            if not await self._pipe(send, resp):
+            if not await pipe_stream(send, resp, self):
                 readany = resp.content.readany
                 now = self.gw.loop_time
                 while True:
