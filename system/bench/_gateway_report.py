@@ -80,6 +80,14 @@ def render_markdown(
             + "; ".join(_option(o, v) for o, v in meta["options"].items())
             + ".",
         ]
+    if "classifier_predict_us_p50" in doc:
+        # the same host, the same hour: a host-speed reference when two runs are compared
+        lines += [
+            "",
+            "The gateway's classifier, timed warm on the benchmark's prompts in this run: `predict` p50 "
+            f"{doc['classifier_predict_us_p50']} µs, p99 {doc['classifier_predict_us_p99']} µs, mean "
+            f"{doc['classifier_predict_us_mean']} µs.",
+        ]
     if meta.get("errors"):
         # the first line only: the JSON keeps the log tail
         errs = "; ".join(f"{k}: {v.splitlines()[0].split(' (')[0]}" for k, v in meta["errors"].items())

@@ -35,6 +35,16 @@ def test_a_changed_json_figure_changes_the_doc_and_only_inside_blocks() -> None:
     assert "HAND-COPIED" not in after
 
 
+def test_gateway_blocks_print_the_runs_own_classifier_timing() -> None:
+    """Two gateway runs are compared across days only through a host-speed reference printed beside them."""
+    results = copy.deepcopy(perfdoc.load_results())
+    doc = results["gateway_cpu"]
+    assert doc, "results/benchmarks/gateway_cpu.json is committed"
+    doc["classifier_predict_us_p50"] = 98.76
+    text = perfdoc.render("<!-- generated:gateway_cpu -->\n<!-- /generated:gateway_cpu -->\n", results)
+    assert "`predict` p50 98.76 µs" in text
+
+
 def test_unknown_block_and_stale_doc_are_reported(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="nope"):
         perfdoc.render("<!-- generated:nope -->\nx\n<!-- /generated:nope -->\n", {})
