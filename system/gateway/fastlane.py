@@ -23,6 +23,8 @@ def start_chunked(cycle: Any, status: int, headers: list[tuple[bytes, bytes]]) -
     try:
         if cycle.disconnected or cycle.response_started or cycle.chunked_encoding is not None:
             return False  # (a client gone: uvicorn's send drops the message)
+        if status in (204, 304) or cycle.scope["method"] == "HEAD":
+            return False  # no body allowed: uvicorn does not use chunked framing there
         defaults, transport, keep_alive = cycle.default_headers, cycle.transport, cycle.keep_alive
     except AttributeError:
         return False

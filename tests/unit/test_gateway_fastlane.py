@@ -94,6 +94,9 @@ async def test_other_servers_started_responses_and_gone_clients_are_left_alone()
     started, t = _cycle(True)
     await started.send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     assert not start_chunked(started, 200, HEADERS) and len(t.out) == 1
+    for status in (204, 304):  # bodiless answers keep uvicorn's own framing rules
+        fresh, t = _cycle(True)
+        assert not start_chunked(fresh, status, HEADERS) and t.out == [] and not fresh.response_started
     gone, t = _cycle(True)
     gone.disconnected = True
     assert not start_chunked(gone, 200, HEADERS) and t.out == []
