@@ -89,6 +89,9 @@ def targets(r: Results) -> str:
 
         rows += target_rows(g)
         g = {}
+        extra = r.get("gateway_cpu") or {}
+        if extra and _gateway_new_format(extra):  # the CPU targets measured again with more repetitions
+            rows += [(f"{fig} (`gateway_cpu.json`)", *rest) for fig, *rest in target_rows(extra)]
     for n in (100, 500):
         ours, peer = g.get(f"added_ttft_p50_ms_{n}"), g.get(f"peer_vllm_router_added_ttft_p50_ms_{n}")
         if ours is None or peer is None:

@@ -45,6 +45,15 @@ def test_gateway_blocks_print_the_runs_own_classifier_timing() -> None:
     assert "`predict` p50 98.76 µs" in text
 
 
+def test_the_targets_table_carries_the_repeated_cpu_runs_verdicts() -> None:
+    results = copy.deepcopy(perfdoc.load_results())
+    v = results["gateway_cpu"]["verdicts"]["cpu_per_request_le_1_2x_vllm_router_100"]
+    v.update(ratio=1.1, lo=1.05, hi=1.15, verdict="met")
+    text = perfdoc.render("<!-- generated:targets -->\n<!-- /generated:targets -->\n", results)
+    row = next(x for x in text.splitlines() if "100 streams (`gateway_cpu.json`)" in x and "≤ 1.2×" in x)
+    assert "1.10 [1.05, 1.15]×" in row and "met (10 reps, 95 % CI)" in row
+
+
 def test_unknown_block_and_stale_doc_are_reported(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="nope"):
         perfdoc.render("<!-- generated:nope -->\nx\n<!-- /generated:nope -->\n", {})
