@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE
-
-# the bytes uvicorn refuses in a header value (its HEADER_VALUE_RE); the names written here are ours
-_BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+# HEADER_VALUE_RE: the bytes uvicorn refuses in a header value (the names written here are ours)
+from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE
 
 
 def start_chunked(cycle: Any, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -29,7 +26,7 @@ def start_chunked(cycle: Any, status: int, headers: list[tuple[bytes, bytes]]) -
     except AttributeError:
         return False
     all_headers = [*defaults, *headers]
-    if _BAD_VALUE.search(b"".join([v for _, v in all_headers])):
+    if HEADER_VALUE_RE.search(b"".join([v for _, v in all_headers])):
         return False
     cycle.response_started = True
     cycle.waiting_for_100_continue = False

@@ -72,9 +72,10 @@ class _Conn(asyncio.Protocol):
             self.close()
         finally:
             pending, self.pending = self.pending, None
+        body = pending[0] if len(pending) == 1 else b"".join(pending)
         out = r.out
         if out is not None:
-            if pending or (r.complete and not r.terminated):
+            if body or (r.complete and not r.terminated):
                 # piped: straight to the client in chunked framing, inline (runs per chunk: no call to a
                 # closure, no task woken; `pipe` only wakes up for back-pressure and the end). Every body
                 # piece of one read leaves in one write, and so does the stream's terminating chunk once
@@ -83,16 +84,15 @@ class _Conn(asyncio.Protocol):
                 # a client gone (or going) is not the expert's failure: drop the bytes, the relay's
                 # disconnect hook cancels it
                 if not r.out_cycle.disconnected and not out.is_closing():
-                    data = pending[0] if len(pending) == 1 else b"".join(pending)
-                    frame = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+                    frame = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
                     if r.complete and r.exc is None:
                         frame += b"0\r\n\r\n"
                         r.terminated = True
                     out.write(frame)
                 if r.out_flow.write_paused:
                     r.wake()
-        elif pending:
-            r.buf.append(pending[0] if len(pending) == 1 else b"".join(pending))
+        elif body:
+            r.buf.append(body)
             r.wake()
         if r.complete:
             r.finish()
