@@ -85,15 +85,25 @@ async def test_keep_alive_reuse_headers_and_whole_body() -> None:
     pool.close()
 
 
-async def test_stream_is_piped_with_reads_coalesced_and_back_pressure() -> None:
+def _first_chunk_then(tail: bytes) -> Handler:
+    """A streaming upstream: head and a first chunk, then `tail` in one write 50 ms later; the connection is
+    kept open until the client closes it."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
         await writer.drain()
         await asyncio.sleep(0.05)
-        writer.write(chunk(b"data: 2\n\n") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")  # one read
+        writer.write(tail)
         await writer.drain()
-        await reader.read()  # keep the connection open until the client closes it
+        await reader.read()
+
+    return handler
+
+
+async def test_stream_is_piped_with_reads_coalesced_and_back_pressure() -> None:
+    # the second write reaches the gateway as one read
+    handler = _first_chunk_then(chunk(b"data: 2\n\n") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
     pool = UpstreamPool(limit=10, connect_timeout_s=5)
     out = _Out()
@@ -121,14 +131,7 @@ async def test_stream_is_piped_with_reads_coalesced_and_back_pressure() -> None:
 
 
 async def test_a_terminator_read_alone_is_written_alone() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
-        await reader.read()
+    handler = _first_chunk_then(b"0\r\n\r\n")
 
     pool = UpstreamPool(limit=10, connect_timeout_s=5)
     out = _Out()
@@ -143,14 +146,7 @@ async def test_a_terminator_read_alone_is_written_alone() -> None:
 
 
 async def test_piped_bytes_are_dropped_once_the_client_is_gone() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.write(chunk(b"data: 2\n\n") + b"0\r\n\r\n")
-        await writer.drain()
-        await reader.read()
+    handler = _first_chunk_then(chunk(b"data: 2\n\n") + b"0\r\n\r\n")
 
     pool = UpstreamPool(limit=10, connect_timeout_s=5)
     out = _Out()
