@@ -68,6 +68,55 @@ def test_fast_path_matches_sklearn_without_svd(train_prompts: list[Prompt]) -> N
     _assert_fast_equals_sklearn(model, _fresh_texts())
 
 
+def _sklearn_counts(model: PromptClassifier, text: str) -> dict[int, int]:
+    """Term id -> count from sklearn's own analyzer (lower-casing and token pattern), first-seen order."""
+    tfidf = dict(model.pipeline.steps)["tfidf"]
+    counts: dict[int, int] = {}
+    for token in tfidf.build_analyzer()(text):
+        j = tfidf.vocabulary_.get(token)
+        if j is not None:
+            counts[int(j)] = counts.get(int(j), 0) + 1
+    return counts
+
+
+def test_ascii_lane_tokenises_exactly_like_sklearn(clf: PromptClassifier) -> None:
+    fast = clf._fast
+    assert fast._ascii_table is not None  # the default token pattern: the lane is on
+    vocab = sorted(dict(clf.pipeline.steps)["tfidf"].vocabulary_)
+    words = [w for w in vocab if w.isascii()][:50]
+    rng = np.random.default_rng(3)
+    alphabet = list("aZ_9 \t\n\r\x0b\x0c.,;:'\"-!?()[]{}<>/\\@#$%^&*+=|~`\x00\x7f") + words
+    texts = [
+        "Code_Review of __init__ 42 x y 7z A_B",
+        "DOCTOR, patient; symptoms!!! (function) [compile] {x}",
+        "a b c d _ 1 2",  # one-character runs only: nothing in the vocabulary
+        "\x00\x01\x1f\x7f" + "Function" * 3,
+        *EDGE_CASES,
+        # random mixes of vocabulary words, single characters, separators and control bytes
+        *("".join(rng.choice(alphabet, size=int(rng.integers(1, 80)))) for _ in range(300)),
+    ]
+    ascii_texts = [t for t in texts if t.isascii()]
+    assert len(ascii_texts) > 300
+    for t in ascii_texts:
+        assert list(fast._counts(t).items()) == list(_sklearn_counts(clf, t).items()), repr(t)
+    # non-ASCII text takes the regex lane, which must agree as well
+    others = [w for w in vocab if not w.isascii()]
+    assert others  # the training corpus has some ("médico", "2π")
+    for t in [t for t in texts if not t.isascii()] + ["naïve Résumé ĐOCTOR 数据 code_x " + " ".join(others)]:
+        assert list(fast._counts(t).items()) == list(_sklearn_counts(clf, t).items()), repr(t)
+
+
+def test_a_custom_token_pattern_turns_the_ascii_lane_off(train_prompts: list[Prompt]) -> None:
+    from system.classifier.fastpath import FastPath
+
+    model = PromptClassifier.train(train_prompts[:300], 2, svd_components=8, seed=0)
+    tfidf = dict(model.pipeline.steps)["tfidf"]
+    tfidf.token_pattern = r"(?u)\b\w+\b"  # one-character tokens count here
+    fast = FastPath(model.pipeline)
+    assert fast._ascii_table is None
+    assert list(fast._counts("a b the the").items()) == list(_sklearn_counts(model, "a b the the").items())
+
+
 def test_rank_is_a_permutation_led_by_predict(clf: PromptClassifier) -> None:
     for text in _fresh_texts()[:150]:
         ranked = clf.rank(text)
