@@ -153,7 +153,9 @@ class FastPath:
             tf = [1.0 + log(c) for c in counts.values()]
         else:
             tf = [float(c) for c in counts.values()]
-        zc = np.dot(tf, self._proj_aug.take(list(counts), 0)).tolist()
+        # rows.T @ tf, not tf @ rows: the same sum, one conversion less (tf stays the gemv's vector operand);
+        # ~3 us less warm and ~10-20 us less with cold caches (ad hoc, 256 bench prompts)
+        zc = self._proj_aug.take(list(counts), 0).T.dot(tf).tolist()
         d = self._dim
         z = zc[:d]
         zz = sum(map(mul, z, z))
