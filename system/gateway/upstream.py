@@ -48,12 +48,15 @@ class _Conn(asyncio.Protocol):
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, int], loop: asyncio.AbstractEventLoop) -> None:
         self.pool, self.key, self.loop = pool, key, loop
+        # body pieces of the read in progress: the parser's `on_body` is this list's own `append`, a C call
+        # per chunk instead of a Python method frame (httptools looks the callbacks up when it is built)
+        self.pieces: list[bytes] = []
+        self.on_body = self.pieces.append
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.resp: UpstreamResponse | None = None
         self.idle_since = 0.0
-        self.pending: list[bytes] | None = None  # body pieces of the data_received call in progress
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -64,15 +67,14 @@ class _Conn(asyncio.Protocol):
         if r is None:  # bytes nobody asked for: the connection is not reusable
             self.close()
             return
-        self.pending = []
+        pieces = self.pieces
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
             r.fail(aiohttp.ClientPayloadError(f"bad HTTP from upstream: {e}"))
             self.close()
-        finally:
-            pending, self.pending = self.pending, None
-        body = pending[0] if len(pending) == 1 else b"".join(pending)
+        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
         out = r.out
         if out is not None:
             if body or (r.complete and not r.terminated):
@@ -127,10 +129,6 @@ class _Conn(asyncio.Protocol):
         h = r.headers
         r.until_close = "content-length" not in h and "chunked" not in h.get("transfer-encoding", "")
         r.wake()
-
-    def on_body(self, body: bytes) -> None:
-        assert self.pending is not None
-        self.pending.append(body)
 
     def on_message_complete(self) -> None:
         assert self.resp is not None
