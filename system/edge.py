@@ -109,6 +109,7 @@ class EdgeProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._edge_timer: asyncio.TimerHandle | None = None
         self._in_head = True  # reading a request line + headers (or waiting for one)
+        self._head_started = False  # the parser began a request's head (on_message_begin)
         self._in_body = False
         self._head_bytes = 0  # bytes received while in the head: bounds memory before the parser sees it
         self._head_size = 0  # exact: url + header names and values
@@ -180,8 +181,6 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         self._unset_keepalive_if_required()
         if self._in_head:
-            if self._head_bytes == 0 and self._edge_timer is None:
-                self._arm(self.edge.header_timeout_s, self._head_timeout)
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -202,6 +201,16 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         if self._in_head and self._head_bytes > self.edge.max_header_bytes:
             self._head_too_large()
+            return
+        # A timer only for a head or a body still incomplete after this read (the header timeout counts from
+        # the read that brought the head's first bytes, the body timeout from the end of the head): a request
+        # that arrives whole, the common case, arms none, where arming one in each callback made and freed
+        # two loop timers per request.
+        if self._edge_timer is None and not self._discarding:
+            if self._in_body:
+                self._arm(self.edge.body_timeout_s, self._body_timeout)
+            elif self._in_head and (self._head_bytes or self._head_started):
+                self._arm(self.edge.header_timeout_s, self._head_timeout)
 
     def _head_too_large(self) -> None:
         e = self.edge
@@ -212,9 +221,8 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
+        self._head_started = True  # (a pipelined head that began after a complete request in the same read)
         self._head_size = self._head_count = 0
-        if self._edge_timer is None:
-            self._arm(self.edge.header_timeout_s, self._head_timeout)
         self.scope["extensions"] = {CUT_EXTENSION: self._cut}
 
     def on_url(self, url: bytes) -> None:
@@ -231,10 +239,10 @@ class EdgeProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head = self._head_started = False
         self._head_bytes = 0
         self._in_body = True
-        self._arm(self.edge.body_timeout_s, self._body_timeout)
+        self._disarm()  # a header timer (head in several reads); the body's is armed after the read
         reason = self._over_capacity()
         if reason is None:
             super().on_headers_complete()
@@ -268,6 +276,7 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._in_body = False
         self._in_head = True  # whatever comes next on this connection is the next request's head
+        self._head_started = False
         self._head_bytes = 0
         self._disarm()
         super().on_message_complete()

@@ -267,9 +267,20 @@ def test_idle_slowloris_and_half_sent_bodies_are_closed(tmp_path: Path) -> None:
             data, closed = await _closed_after(r)
             return data, closed, time.monotonic() - t0
 
+        async def split_line() -> tuple[bytes, bool, float]:
+            # a request line cut short, then silence: the header timer runs from the read that brought it
+            t0 = time.monotonic()
+            r, w = await asyncio.open_connection("127.0.0.1", gw_port)
+            w.write(b"POST /v1/chat/comp")
+            data, closed = await _closed_after(r)
+            return data, closed, time.monotonic() - t0
+
         async def run() -> tuple[list[Any], int]:
             jobs = (
-                [idle() for _ in range(n)] + [slowloris() for _ in range(n)] + [half_body() for _ in range(n)]
+                [idle() for _ in range(n)]
+                + [slowloris() for _ in range(n)]
+                + [half_body() for _ in range(n)]
+                + [split_line() for _ in range(n)]
             )
             tasks = [asyncio.create_task(j) for j in jobs]
             await asyncio.sleep(0.5)
@@ -279,15 +290,22 @@ def test_idle_slowloris_and_half_sent_bodies_are_closed(tmp_path: Path) -> None:
         results, during = asyncio.run(run())
         time.sleep(0.3)
         after = fds(gw.pid)
-    kinds = {"idle": results[:n], "slowloris": results[n : 2 * n], "half body": results[2 * n :]}
+    kinds = {
+        "idle": results[:n],
+        "slowloris": results[n : 2 * n],
+        "half body": results[2 * n : 3 * n],
+        "split request line": results[3 * n :],
+    }
     for kind, rs in kinds.items():
         assert all(closed for _, closed, _ in rs), f"{kind}: not every connection was closed"
         print(f"{kind}: {n} closed after {min(t for *_, t in rs):.2f}-{max(t for *_, t in rs):.2f} s")
     assert all(data == b"" for data, _, _ in kinds["idle"])  # nothing to answer: just closed
-    for data, _, _ in kinds["slowloris"] + kinds["half body"]:
+    for data, _, _ in kinds["slowloris"] + kinds["half body"] + kinds["split request line"]:
         assert data.startswith(b"HTTP/1.1 408 ") and b'"error"' in data
-    print(f"gateway fds: {base_fds} before, {during} with {3 * n} slow clients, {after} after")
-    assert during >= base_fds + 3 * n - 5 and after <= base_fds + 2
+    # each timer counts from the first bytes of its head or body, not from the connect (idle: 1 s)
+    assert min(t for *_, t in kinds["split request line"] + kinds["half body"]) >= 1.4
+    print(f"gateway fds: {base_fds} before, {during} with {4 * n} slow clients, {after} after")
+    assert during >= base_fds + 4 * n - 5 and after <= base_fds + 2
 
 
 # -------------------------------------------------------------------------------- heads, bodies, JSON
