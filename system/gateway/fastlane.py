@@ -45,7 +45,8 @@ async def pipe_stream(send: Any, resp: Any, progress: Any) -> bool:
     transport for this connection (chunked framing as uvicorn's `send` would write it), from the socket
     callback; no coroutine runs per chunk. Only when `send` is uvicorn's httptools cycle, which has sent the
     head with chunked encoding; False (nothing done) otherwise, and the caller loops over `readany`.
-    `progress.last_io` gets the loop time of each read (the relay's read-timeout watchdog reads it)."""
+    The loop time of each read goes to `progress.piped.last_io` while it pipes (the relay's read-timeout
+    watchdog reads it), then to `progress.last_io`."""
     pipe = getattr(resp, "pipe", None)
     cycle = getattr(send, "__self__", None)
     if pipe is None or getattr(cycle, "chunked_encoding", None) is not True:

@@ -80,6 +80,7 @@ class RelayResponse(Response):
         self.headers_sent = False
         self.status = 0
         self.last_io = 0.0  # loop time of the last upstream progress, read by Gateway's read-timeout watchdog
+        self.piped: Any = None  # the upstream response while it pipes (fastlane): its `last_io` counts too
         self.task: asyncio.Task[Any] | None = None
         self.cut: Any = None  # the server's cut-connection callable, when it offers one
         self.hooked: Any = None  # the cycle's message_event while _hook_disconnect's wrapper is on it

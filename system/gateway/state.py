@@ -107,7 +107,10 @@ class Gateway:
             await asyncio.sleep(period)
             now = self.loop_time()
             for r in list(self.active):
-                if now - r.last_io > limit:
+                last, piped = r.last_io, r.piped
+                if piped is not None and piped.last_io > last:
+                    last = piped.last_io
+                if now - last > limit:
                     r.expire()
 
     async def stop(self) -> None:

@@ -82,7 +82,7 @@ class _Conn(asyncio.Protocol):
                 # closure, no task woken; `pipe` only wakes up for back-pressure and the end). Every body
                 # piece of one read leaves in one write, and so does the stream's terminating chunk once
                 # the upstream's body is complete: one write (one TCP segment) less per request.
-                r.progress.last_io = self.loop.time()
+                r.last_io = self.loop.time()  # (on this object: the watchdog finds it through the relay)
                 # a client gone (or going) is not the expert's failure: drop the bytes, the relay's
                 # disconnect hook cancels it
                 if not r.out_cycle.disconnected and not out.is_closing():
@@ -153,12 +153,11 @@ class UpstreamResponse:
         self.exc: BaseException | None = None
         self.buf: list[bytes] = []
         self.waiter: asyncio.Future[None] | None = None
-        # set while piped (see `pipe`): the client's transport, its uvicorn cycle and flow control, the
-        # object whose `last_io` the read-timeout watchdog reads
+        # set while piped (see `pipe`): the client's transport, its uvicorn cycle and flow control
         self.out: asyncio.Transport | None = None
         self.out_cycle: Any = None
         self.out_flow: Any = None
-        self.progress: Any = None
+        self.last_io = 0.0  # piped: loop time of the last read (read by the watchdog via `progress.piped`)
         self.terminated = False  # piped: the client's terminating chunk went out with the last body bytes
         self.returned = False
 
@@ -220,15 +219,18 @@ class UpstreamResponse:
         """Relay the rest of the body to the client transport `out` in chunked framing, written from the
         socket callback (`_Conn.data_received`), with no task wake-up per chunk. `cycle` is uvicorn's
         request cycle (its `disconnected` flag), `flow` its flow control (`write_paused`, `drain`);
-        `progress.last_io` gets the loop time of each read. While the client's buffer is full, the expert
-        is not read."""
+        `progress.piped` is this response while it pipes: the read-timeout watchdog takes the later of
+        `progress.last_io` and this response's `last_io` (the time of each read, set on this object so
+        that a chunk touches one object less). While the client's buffer is full, the expert is not read."""
         if self.buf:
             progress.last_io = self.conn.loop.time()
             if not cycle.disconnected and not out.is_closing():
                 data = b"".join(self.buf)
                 out.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.buf.clear()
-        self.out_cycle, self.out_flow, self.progress = cycle, flow, progress
+        self.last_io = progress.last_io
+        progress.piped = self
+        self.out_cycle, self.out_flow = cycle, flow
         self.out = out  # last: from here on _Conn.data_received writes
         transport = self.conn.transport
         assert transport is not None
@@ -249,7 +251,8 @@ class UpstreamResponse:
                 await self._wait()
         finally:
             # drop the references to the client side (no cycle outlives the request, see RelayResponse)
-            self.out = self.out_cycle = self.out_flow = self.progress = None
+            progress.last_io = max(progress.last_io, self.last_io)
+            progress.piped = self.out = self.out_cycle = self.out_flow = None
 
     def release(self) -> None:
         """Body fully read: the connection goes back to the pool (or is closed if not reusable)."""

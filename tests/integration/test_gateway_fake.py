@@ -374,6 +374,21 @@ async def test_silent_stream_is_cut_with_in_band_504(tmp_path: Path) -> None:
             assert await wait_running_zero(ports, 1.0) < 1.0  # and the upstream request was dropped
 
 
+async def test_a_steady_stream_longer_than_the_read_timeout_is_not_cut(tmp_path: Path) -> None:
+    # each piped read counts as progress: 10 tokens 100 ms apart (1 s in all) under a 0.3 s read timeout
+    with upstreams(tmp_path, n=1, ttft_ms=10, itl_ms=100, chunks=10) as (ports, _):
+        cfg = make_cfg(ports, limits={"read_timeout_s": 0.3})
+        async with gateway_in_process(cfg, KeywordClassifier()) as url:
+            client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            stream = await client.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            t0 = time.monotonic()
+            got = [c async for c in stream]
+            assert time.monotonic() - t0 > 0.6  # it did outlast the timeout
+            assert sum(1 for c in got if c.choices and c.choices[0].delta.content) == 10
+
+
 async def test_fastapi_lane_behaves_like_the_fast_path(
     shared: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
