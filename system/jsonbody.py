@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from json.decoder import WHITESPACE, scanstring
 from typing import Any
 
@@ -93,101 +92,88 @@ def loads(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, max_digits: int = D
         raise JsonBodyError(f"request body is not valid JSON: {e}") from None
 
 
-@dataclass(frozen=True)
 class JsonObject:
-    """A parsed top-level object, its text, and where each top-level member's value sits in the text."""
+    """A parsed top-level object and its text; `span(key)` says where a top-level member's value sits in
+    the text (found when first asked, by a walk that stops at that key when it can)."""
 
-    value: dict[str, Any]
-    text: str
-    spans: dict[str, tuple[int, int]]  # key -> (start, end) of its value in `text`; keys seen once only
-    ascii: bool  # text offsets are byte offsets
+    __slots__ = ("_scan", "_spans", "ascii", "text", "value")
+
+    def __init__(self, value: dict[str, Any], text: str, ascii_: bool, scan: Any) -> None:
+        self.value = value
+        self.text = text
+        self.ascii = ascii_  # text offsets are byte offsets
+        self._scan = scan  # the decoder's scan_once (the same limits as the parse)
+        self._spans: dict[str, tuple[int, int]] | None = None
+
+    def span(self, key: str) -> tuple[int, int] | None:
+        """(start, end) of the value of top-level member `key` in `text`; None when the key is absent or
+        given more than once. When the key's plain spelling occurs once in the whole text and nothing in it
+        is \\u-escaped, no other top-level member can be that key, so the walk stops at it; otherwise every
+        member is walked (a key spelled with escapes, a duplicate)."""
+        spans = self._spans
+        if spans is None:
+            text = self.text
+            if key.isascii() and key.isidentifier() and "\\u" not in text and text.count(f'"{key}"') == 1:
+                first = _member_spans(text, self._scan, until=key)
+                if key in first:
+                    return first[key]
+            spans = self._spans = _member_spans(text, self._scan)
+        return spans.get(key)
 
 
 def loads_object(
     raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, max_digits: int = DEFAULT_MAX_DIGITS
 ) -> JsonObject | Any:
-    """Parse `raw`; a top-level object comes back as a JsonObject (with member spans), anything else as is.
+    """Parse `raw` under the limits; a top-level object comes back as a JsonObject, anything else as is.
 
-    The members are walked here and each value is parsed by the C scanner, so the cost is that of
-    json.loads plus a few Python steps per top-level member. Keys are the decoded keys: `"\\u006dodel"`
-    is `model`. A key given twice keeps its last value (like json.loads) and gets no span.
+    One C-scanner parse, as json.loads (the members' positions are found only if `span` asks). Keys are
+    the decoded keys: `"\\u006dodel"` is `model`. A key given twice keeps its last value (like json.loads)
+    and gets no span.
     """
     check_depth(raw, max_depth)
     decoder = _decoder_for(raw, max_digits)
     s = _text(raw)
     try:
-        return _walk(s, decoder, raw.isascii())
+        value = decoder.decode(s)
     except JsonBodyError:
         raise
-    except (ValueError, RecursionError, IndexError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, int() digit limit
         raise JsonBodyError(f"request body is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        return value
+    return JsonObject(value, s, raw.isascii(), decoder.scan_once)
 
 
-_WS = " \t\n\r"
-
-
-def _walk(s: str, decoder: json.JSONDecoder, ascii_: bool) -> JsonObject | Any:
-    # hot path (every request): single-character checks before any regex, one C scan per member value
+def _member_spans(s: str, scan: Any, until: str | None = None) -> dict[str, tuple[int, int]]:
+    """Where each top-level member's value sits in `s`, an object the decoder has accepted already (so no
+    syntax checks here): keys seen once only. With `until`, stop after the first member of that key."""
     ws = WHITESPACE.match
-    i = 0
-    if s[:1] in _WS:
-        i = ws(s, 0).end()
-    if s[i : i + 1] != "{":
-        return decoder.decode(s)
-    scan = decoder.scan_once
-    value: dict[str, Any] = {}
     spans: dict[str, tuple[int, int]] = {}
     seen_twice: set[str] = set()
-    i += 1
-    if s[i : i + 1] in _WS:
-        i = ws(s, i).end()
-    if s[i : i + 1] == "}":
-        i += 1
-    else:
-        while True:
-            if s[i : i + 1] != '"':
-                raise json.JSONDecodeError("Expecting property name enclosed in double quotes", s, i)
-            key, i = scanstring(s, i + 1, True)
-            if s[i : i + 1] != ":":
-                i = ws(s, i).end()
-                if s[i : i + 1] != ":":
-                    raise json.JSONDecodeError("Expecting ':' delimiter", s, i)
-            i += 1
-            if s[i : i + 1] in _WS:
-                i = ws(s, i).end()
-            start = i
-            try:
-                member, i = scan(s, start)
-            except StopIteration as e:
-                raise json.JSONDecodeError("Expecting value", s, e.value) from None
-            if key in value:
-                seen_twice.add(key)
-            value[key] = member
+    i = ws(s, ws(s, 0).end() + 1).end()  # past "{"
+    if s[i] == "}":
+        return spans
+    while True:
+        key, i = scanstring(s, i + 1, True)
+        start = ws(s, ws(s, i).end() + 1).end()  # past ":"
+        _, i = scan(s, start)
+        if key in spans or key in seen_twice:
+            seen_twice.add(key)
+            spans.pop(key, None)
+        else:
             spans[key] = (start, i)
-            c = s[i : i + 1]
-            if c in _WS:
-                i = ws(s, i).end()
-                c = s[i : i + 1]
-            if c == ",":
-                i += 1
-                if s[i : i + 1] in _WS:
-                    i = ws(s, i).end()
-                continue
-            if c == "}":
-                i += 1
-                break
-            raise json.JSONDecodeError("Expecting ',' delimiter", s, i)
-    if i != len(s) and ws(s, i).end() != len(s):
-        raise json.JSONDecodeError("Extra data", s, i)
-    for k in seen_twice:
-        del spans[k]
-    return JsonObject(value, s, spans, ascii_)
+        if key == until:
+            return spans
+        i = ws(s, i).end()
+        if s[i] == "}":
+            return spans
+        i = ws(s, i + 1).end()  # past ","
 
 
 def replace_member(raw: bytes, obj: JsonObject, key: str, new_value: Any) -> bytes:
     """`raw` with the value of top-level member `key` replaced (other bytes untouched); re-serialised
     when the key has no unique span (absent or duplicated)."""
-    span = obj.spans.get(key)
+    span = obj.span(key)
     if span is None:
         body = {**obj.value, key: new_value}
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

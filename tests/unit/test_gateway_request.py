@@ -17,6 +17,7 @@ from system.gateway.request import (
     request_head,
     rewrite_model,
 )
+from system.jsonbody import _member_spans, loads_object
 
 
 @pytest.mark.parametrize(
@@ -131,6 +132,40 @@ def test_rewrite_model_changes_only_the_model(raw: bytes) -> None:
     assert rewrite_model(raw, parsed, "auto") is raw
     if raw.count(b"odel") == raw.count(b'"model": "auto"') == 1:
         assert out == raw.replace(b'"model": "auto"', b'"model": "served"')  # spliced, not re-serialised
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": true}',
+        b'{ "messages" : [ {"content": "{\\"model\\": 1}"} ] ,\n "model" : "auto" , "n" : 1 }',
+        b'{"n": 1, "model": "x", "tools": [{"model": "auto"}]}',  # the key twice in the text: full walk
+        b'{"\\u006dodel": "auto", "x": "\\u00e9"}',  # an escape in the text: full walk
+        b'{"model": "a", "model": "b"}',  # a duplicate: no span
+        b'{"messages": []}',  # absent
+        b"{}",
+        '{"é": "ü", "model": "auto"}'.encode(),
+    ],
+)
+def test_model_span_with_or_without_the_early_stop_matches_the_full_walk(raw: bytes) -> None:
+    obj = loads_object(raw)
+    full = _member_spans(obj.text, obj._scan)  # every member, no early stop
+    assert obj.span("model") == full.get("model")
+    span = obj.span("model")
+    if span is not None:
+        assert json.loads(obj.text[span[0] : span[1]]) == obj.value["model"]
+
+
+def test_the_walk_stops_at_the_model_key_when_it_is_the_only_spelling() -> None:
+    # a value after the model member that the walk would choke on (the decoder accepted the text, then it
+    # was changed under it): only a walk that stops at "model" gets through
+    obj = loads_object(b'{"model": "auto", "n": 1}')
+    obj.text = obj.text.replace('"n": 1', '"n": ?')
+    assert obj.span("model") == (10, 16)
+    escaped = loads_object(b'{"\\u006dodel": "auto", "n": 1}')
+    escaped.text = escaped.text.replace('"n": 1', '"n": ?')
+    with pytest.raises(StopIteration):  # the escaped spelling needs the full walk
+        escaped.span("model")
 
 
 def test_rewrite_splices_in_place_keeping_everything_else() -> None:
