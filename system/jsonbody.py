@@ -170,6 +170,10 @@ def _member_spans(s: str, scan: Any, until: str | None = None) -> dict[str, tupl
         i = ws(s, i + 1).end()  # past ","
 
 
+# json.dumps with keyword arguments builds a new encoder per call: this one is built once (same output)
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def replace_member(raw: bytes, obj: JsonObject, key: str, new_value: Any) -> bytes:
     """`raw` with the value of top-level member `key` replaced (other bytes untouched); re-serialised
     when the key has no unique span (absent or duplicated)."""
@@ -178,7 +182,7 @@ def replace_member(raw: bytes, obj: JsonObject, key: str, new_value: Any) -> byt
         body = {**obj.value, key: new_value}
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     a, b = span
-    new = json.dumps(new_value, ensure_ascii=False).encode()
+    new = _ENCODE(new_value).encode()
     if obj.ascii:
         return raw[:a] + new + raw[b:]
     # offsets are in characters: convert them to bytes of the UTF-8 body
