@@ -80,16 +80,22 @@ def _text(raw: bytes) -> str:
         raise JsonBodyError(f"request body is not valid JSON: {e}") from None
 
 
-def loads(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, max_digits: int = DEFAULT_MAX_DIGITS) -> Any:
-    """`json.loads(raw)` under the limits; every failure is a JsonBodyError (never RecursionError)."""
+def _decode(raw: bytes, max_depth: int, max_digits: int) -> tuple[Any, str, json.JSONDecoder]:
+    """(value, text, decoder) of `raw` under the limits; every failure is a JsonBodyError."""
     check_depth(raw, max_depth)
     decoder = _decoder_for(raw, max_digits)
+    s = _text(raw)
     try:
-        return decoder.decode(_text(raw))
+        return decoder.decode(s), s, decoder
     except JsonBodyError:
         raise
     except (ValueError, RecursionError) as e:  # JSONDecodeError, int() digit limit
         raise JsonBodyError(f"request body is not valid JSON: {e}") from None
+
+
+def loads(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, max_digits: int = DEFAULT_MAX_DIGITS) -> Any:
+    """`json.loads(raw)` under the limits; every failure is a JsonBodyError (never RecursionError)."""
+    return _decode(raw, max_depth, max_digits)[0]
 
 
 class JsonObject:
@@ -130,15 +136,7 @@ def loads_object(
     the decoded keys: `"\\u006dodel"` is `model`. A key given twice keeps its last value (like json.loads)
     and gets no span.
     """
-    check_depth(raw, max_depth)
-    decoder = _decoder_for(raw, max_digits)
-    s = _text(raw)
-    try:
-        value = decoder.decode(s)
-    except JsonBodyError:
-        raise
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, int() digit limit
-        raise JsonBodyError(f"request body is not valid JSON: {e}") from None
+    value, s, decoder = _decode(raw, max_depth, max_digits)
     if not isinstance(value, dict):
         return value
     return JsonObject(value, s, raw.isascii(), decoder.scan_once)

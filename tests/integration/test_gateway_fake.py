@@ -358,14 +358,19 @@ def test_fake_events_are_valid_json(shared: list[int]) -> None:
     assert json.loads(events[-2])["usage"]["completion_tokens"] == 3
 
 
+async def _stream_hi(url: str) -> Any:
+    """An OpenAI SDK stream of a one-word chat through the gateway at `url`."""
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    return await client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+
+
 async def test_silent_stream_is_cut_with_in_band_504(tmp_path: Path) -> None:
     with upstreams(tmp_path, n=1, ttft_ms=10, itl_ms=600, chunks=5) as (ports, _):
         cfg = make_cfg(ports, limits={"read_timeout_s": 0.2})
         async with gateway_in_process(cfg, KeywordClassifier()) as url:
-            client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-            stream = await client.chat.completions.create(
-                model="auto", messages=[{"role": "user", "content": "hi"}], stream=True
-            )
+            stream = await _stream_hi(url)
             got = 0
             with pytest.raises(openai.APIError, match="read timeout"):
                 async for _ in stream:
@@ -379,10 +384,7 @@ async def test_a_steady_stream_longer_than_the_read_timeout_is_not_cut(tmp_path:
     with upstreams(tmp_path, n=1, ttft_ms=10, itl_ms=100, chunks=10) as (ports, _):
         cfg = make_cfg(ports, limits={"read_timeout_s": 0.3})
         async with gateway_in_process(cfg, KeywordClassifier()) as url:
-            client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-            stream = await client.chat.completions.create(
-                model="auto", messages=[{"role": "user", "content": "hi"}], stream=True
-            )
+            stream = await _stream_hi(url)
             t0 = time.monotonic()
             got = [c async for c in stream]
             assert time.monotonic() - t0 > 0.6  # it did outlast the timeout
