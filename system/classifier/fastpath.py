@@ -60,7 +60,11 @@ class FastPath:
         self._ascii_table = (
             ascii_token_table(self._lowercase) if tfidf.token_pattern == DEFAULT_TOKEN_PATTERN else None
         )
-        self._vocab_ascii: dict[bytes, int] = {t.encode(): j for t, j in self._vocab.items() if t.isascii()}
+        self._vocab_ascii: dict[bytes, int] = (
+            {t.encode(): j for t, j in self._vocab.items() if t.isascii()}
+            if self._ascii_table is not None
+            else {}
+        )
         self._idf = np.asarray(tfidf.idf_, dtype=np.float64) if tfidf.use_idf else None
         self._sublinear = bool(tfidf.sublinear_tf)
         centroids = np.asarray(kmeans.cluster_centers_, dtype=np.float64)
