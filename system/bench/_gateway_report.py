@@ -81,7 +81,7 @@ def render_markdown(
             + ".",
         ]
     if "classifier_predict_us_p50" in doc:
-        # the same host, the same hour: a host-speed reference when two runs are compared
+        # the same host, the same hour: a host-speed reference between runs of the same classifier code
         lines += [
             "",
             "The gateway's classifier, timed warm on the benchmark's prompts in this run: `predict` p50 "
