@@ -46,3 +46,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+def require_speedups() -> object:
+    """The C extension (system/_speedups.c), imported directly (EXPERT_ROUTER_SPEEDUPS does not hide it).
+    Skips only where no C compiler could have built it: where one is, a missing module fails the test, so a
+    broken build cannot pass CI on the pure-Python paths alone."""
+    try:
+        from system import _speedups
+    except ImportError as e:
+        if shutil.which(os.environ.get("CC", "cc")) is None:
+            pytest.skip(f"no C compiler, so no system._speedups: {e}")
+        pytest.fail(f"system._speedups is not built although a C compiler is here (pip install -e .): {e}")
+    return _speedups
+
+
+@pytest.fixture(params=["c", "python"])
+def body_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with each reader of chunked upstream bodies: the C tracker and httptools."""
+    from system import speedups
+
+    if request.param == "c":
+        monkeypatch.setattr(speedups, "ChunkedBody", require_speedups().ChunkedBody)  # type: ignore[attr-defined]
+    else:
+        monkeypatch.setattr(speedups, "ChunkedBody", None)
+    return str(request.param)

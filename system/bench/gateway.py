@@ -16,6 +16,7 @@ from typing import Any
 import click
 import numpy as np
 
+from system import speedups
 from system.bench._gateway_stats import analyse, verdicts
 from system.bench._out import local_out
 from system.bench._peers import (
@@ -120,6 +121,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, str], dict[str, Any]]] = {
     "fastapi": ((), {"EXPERT_ROUTER_GATEWAY_FASTPATH": "0"}, {}),
     # the same relay without a classifier: the routing decision vllm-router's round robin also makes
     "round_robin": ((), {}, {"policy": {"kind": "round_robin"}}),
+    # the pure-Python classifier kernel and chunked-body reader, where the C extension is built
+    "pure_python": ((), {"EXPERT_ROUTER_SPEEDUPS": "0"}, {}),
 }
 
 
@@ -308,6 +311,7 @@ def gateway(
                 for o in opt_names
             },
             "command": " ".join(["expert-router", "bench", "gateway", *sys.argv[3:]]),
+            "speedups": speedups.MODE,  # the gateway's hot paths: "c" (system/_speedups.c) or "python (why)"
             "versions": {
                 p: _version(p)
                 for p in ("vllm-router", "litellm", "aiohttp", "uvicorn", "uvloop", "httptools", "fastapi")

@@ -11,6 +11,8 @@ from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import Pipeline
 
+from system import speedups
+
 try:  # the C loop behind collections.Counter, without Counter's per-call Python overhead
     from _collections import _count_elements
 except ImportError:  # pragma: no cover - other interpreters
@@ -80,11 +82,19 @@ class FastPath:
             proj_idf = self._proj * idf
             self._dim = int(proj_idf.shape[1])
             self._proj_aug = np.ascontiguousarray(np.hstack([proj_idf, proj_idf @ centroids.T]))
+            # the same gather, product and argmin in C where built (system/_speedups.c): ~70 us less per
+            # request inside the gateway, where numpy's code is cold (docs/PERFORMANCE.md)
+            self._kernel = (
+                speedups.Kernel(self._proj_aug, self._dim, self._c_sq.tolist(), self._sublinear).nearest
+                if speedups.Kernel is not None and self._normalize
+                else None
+            )
         else:
             self._proj = None
             self._normalize = False
             # without SVD the centroids live in vocabulary space: keep them term-major for row gathers
             self._centroids_t = np.ascontiguousarray(centroids.T)
+            self._kernel = None
         self.k = int(centroids.shape[0])
         self._c_sq_list: list[float] = self._c_sq.tolist()
 
@@ -145,13 +155,18 @@ class FastPath:
         the answer: the tf-idf vector's l2 norm (a positive factor on the SVD output, which is re-normalised).
         One row gather (`take`) and one product give z and C @ z together (`_proj_aug`); the rest is a few
         Python floats. The gateway runs it on every request with caches made cold by the network work around
-        it, where each numpy call costs several microseconds, fancy indexing most (docs/PERFORMANCE.md)."""
+        it, where each numpy call costs several microseconds, fancy indexing most (docs/PERFORMANCE.md); so
+        where the C extension is built, `_kernel` does the same gather, sums and argmin in one C loop over the
+        prompt's rows (the tf-idf terms are still counted here)."""
         if self._proj is None or not self._normalize:
             return int(np.argmin(self.scores(text)))
         counts = self._counts(text)
         c_sq = self._c_sq_list
         if not counts:
             return c_sq.index(min(c_sq))
+        if self._kernel is not None:
+            best = self._kernel(counts)
+            return best if best >= 0 else c_sq.index(min(c_sq))
         if self._sublinear:
             log = math.log
             tf = [1.0 + log(c) for c in counts.values()]

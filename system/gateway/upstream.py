@@ -3,7 +3,11 @@
 Why not aiohttp on the hot path: each streamed chunk there costs a parser callback, a StreamReader feed, a
 future completed, a task woken, `readany` and an ASGI `send` coroutine. Here the upstream socket's
 `data_received` writes the chunk straight to the client's transport (`UpstreamResponse.pipe`), one callback
-and one `write` per upstream read, several chunks of one read coalesced into one write. Errors are raised as
+and one `write` per upstream read, several chunks of one read coalesced into one write. Where the C extension
+is built (`system/_speedups.c`), a chunked body is not parsed by httptools at all: httptools stops at the end
+of the head and a C tracker follows the chunk framing, so that a piped read goes to the client as it came (the
+expert's framing is valid framing for the client) with no Python parse or framing per chunk; what arrives
+before the pipe starts is decoded as before. Errors are raised as
 aiohttp's exception classes so the relay's failure handling is the same for both clients:
 
 - `UpstreamConnectError` (a `ClientConnectorError`): the TCP connect failed; nothing reached the expert;
@@ -25,6 +29,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import httptools
 
+from system import speedups
+
 IDLE_S = 30.0  # an idle keep-alive connection older than this is closed instead of reused
 
 
@@ -34,6 +40,11 @@ class UpstreamConnectError(aiohttp.ClientConnectorError):
 
     def __str__(self) -> str:
         return f"cannot connect to {self.host}:{self.port} [{self.strerror or self.os_error!r}]"
+
+
+class _SwitchToTracker(Exception):
+    """Raised by `_Conn.on_headers_complete` to stop httptools at the end of a chunked response's head: the
+    body is then read by a `speedups.ChunkedBody` (see `_Conn.data_received`)."""
 
 
 class _Headers(dict[str, str]):
@@ -57,6 +68,8 @@ class _Conn(asyncio.Protocol):
         self.lost = False
         self.resp: UpstreamResponse | None = None
         self.idle_since = 0.0
+        # the head's last bytes of earlier reads, to find where the body starts when the head ends in a read
+        self.head_tail = b""
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -67,12 +80,21 @@ class _Conn(asyncio.Protocol):
         if r is None:  # bytes nobody asked for: the connection is not reusable
             self.close()
             return
+        body = r.body
+        if body is not None:
+            self._body_received(r, body, data)
+            return
         pieces = self.pieces
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
+            if isinstance(e.__context__, _SwitchToTracker):
+                self._switch(r, data)
+                return
             r.fail(aiohttp.ClientPayloadError(f"bad HTTP from upstream: {e}"))
             self.close()
+        if not r.status:
+            self.head_tail = (self.head_tail + data)[-3:]
         body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         pieces.clear()
         out = r.out
@@ -95,6 +117,52 @@ class _Conn(asyncio.Protocol):
                     r.wake()
         elif body:
             r.buf.append(body)
+            r.wake()
+        if r.complete:
+            r.finish()
+
+    def _switch(self, r: UpstreamResponse, data: bytes) -> None:
+        """httptools stopped at the end of a chunked head (`on_headers_complete`): the rest of `data` is body,
+        for the response's tracker. The old parser is left in its error state: the next response gets a new
+        one."""
+        self.parser = httptools.HttpResponseParser(self)
+        seen = self.head_tail + data
+        end = seen.find(b"\r\n\r\n")
+        self.head_tail = b""
+        if end < 0:  # cannot happen after a strict parse; fail loudly rather than guess where the body starts
+            r.fail(aiohttp.ClientPayloadError("bad HTTP from upstream: no end of head found"))
+            self.close()
+            return
+        r.wake()  # the head is complete (status and headers are set)
+        rest = seen[end + 4 :]
+        if rest:
+            self._body_received(r, r.body, rest)  # type: ignore[arg-type]
+
+    def _body_received(self, r: UpstreamResponse, body: Any, data: bytes) -> None:
+        """A read of a chunked body tracked by `speedups.ChunkedBody`. Piped, the bytes go to the client as
+        they came (the expert's chunk framing is the client's: no parse and no framing in Python); buffered,
+        the tracker returns the chunk data."""
+        out = r.out
+        try:
+            chunk = body.feed(data, out is not None)
+        except ValueError as e:
+            r.fail(aiohttp.ClientPayloadError(f"bad HTTP from upstream: {e}"))
+            self.close()
+            return
+        if body.complete:
+            r.complete = True
+            if body.extra:  # bytes after the end of the answer: the connection is not reusable
+                r.keep_alive = False
+        if out is not None:
+            r.last_io = self.loop.time()
+            if chunk and not r.out_cycle.disconnected and not out.is_closing():
+                out.write(chunk)
+                if r.complete:
+                    r.terminated = True  # the expert's own terminating chunk went out with these bytes
+            if r.out_flow.write_paused:
+                r.wake()
+        elif chunk:
+            r.buf.append(chunk)
             r.wake()
         if r.complete:
             r.finish()
@@ -127,7 +195,18 @@ class _Conn(asyncio.Protocol):
         r.status = self.parser.get_status_code()
         r.keep_alive = self.parser.should_keep_alive()
         h = r.headers
-        r.until_close = "content-length" not in h and "chunked" not in h.get("transfer-encoding", "")
+        te = h.get("transfer-encoding", "")
+        r.until_close = "content-length" not in h and "chunked" not in te
+        if (
+            speedups.ChunkedBody is not None
+            and te.strip().lower() == "chunked"
+            and "content-length" not in h
+            and r.status >= 200
+            and r.status not in (204, 304)
+        ):
+            # the body is read by the C tracker from here on (see `data_received`)
+            r.body = speedups.ChunkedBody()
+            raise _SwitchToTracker
         r.wake()
 
     def on_message_complete(self) -> None:
@@ -157,6 +236,7 @@ class UpstreamResponse:
         self.out: asyncio.Transport | None = None
         self.out_cycle: Any = None
         self.out_flow: Any = None
+        self.body: Any = None  # a speedups.ChunkedBody once a chunked body is read by the C tracker
         self.last_io = 0.0  # piped: loop time of the last read (read by the watchdog via `progress.piped`)
         self.terminated = False  # piped: the client's terminating chunk went out with the last body bytes
         self.returned = False
@@ -347,6 +427,7 @@ class UpstreamPool:
         conn = await self._acquire(key)
         resp = UpstreamResponse(conn)
         conn.resp = resp
+        conn.head_tail = b""
         head = [
             b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             % (path, host, len(data))

@@ -12,6 +12,7 @@ import skops.io as sio
 
 from system.classifier import CARD_FILE, MODEL_FILE, PromptClassifier
 from system.workload import Prompt, load_prompts
+from tests.conftest import require_speedups
 
 # Measured: ARI of k=8 on 2,000 labelled prompts over data/model seeds 0-9 ranged 0.77-0.97 (median 0.94).
 MIN_ARI = 0.65
@@ -58,7 +59,15 @@ def _assert_fast_equals_sklearn(model: PromptClassifier, texts: list[str]) -> No
     assert len(disagree) <= 2
 
 
-def test_fast_path_matches_sklearn_with_svd(clf: PromptClassifier) -> None:
+@pytest.mark.parametrize("kernel", ["c", "python"])
+def test_fast_path_matches_sklearn_with_svd(
+    clf: PromptClassifier, kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if kernel == "c":
+        require_speedups()
+        assert clf._fast._kernel is not None  # the trained pipeline (SVD + l2) runs the C kernel
+    else:
+        monkeypatch.setattr(clf._fast, "_kernel", None)  # numpy's gather and product
     _assert_fast_equals_sklearn(clf, _fresh_texts())
 
 
