@@ -216,7 +216,7 @@ static int add_payload(Payload *pl, const char *src, Py_ssize_t a, Py_ssize_t b)
     return 0;
 }
 
-/* The payload (may be NULL: none) as one chunk of its own, followed by `tail` as is. */
+/* The payload (if any) as one chunk of its own, followed by `tail` as is. */
 static PyObject *frame(const Payload *payload, const char *tail, Py_ssize_t tail_len) {
     char head[32];
     Py_ssize_t plen = payload->len;

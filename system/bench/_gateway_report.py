@@ -84,16 +84,23 @@ def render_markdown(
         ]
     if meta.get("speedups"):
         lines += ["", f"The gateway's hot paths in this run: `{meta['speedups']}` (`system/_speedups.c`)."]
+    paired = []
     for n, lvl in doc["levels"].items():
         ours, pure = lvl["arms"].get("gateway"), lvl["arms"].get("gateway_pure_python")
         if ours and pure:  # what the C hot paths save, paired per repetition like the targets
             r = ratio_ci(ours["raw"]["cpu_us_per_request"], pure["raw"]["cpu_us_per_request"])
             if "ratio" in r:
-                lines.append(
-                    f"CPU per request at {n} streams, gateway / gateway without them (`pure_python`): "
-                    f"{r['ratio']:.3f} [{r.get('lo', float('nan')):.3f}, {r.get('hi', float('nan')):.3f}] "
-                    f"over {r['n']} repetitions."
+                paired.append(
+                    f"- {n} streams: {r['ratio']:.3f} [{r.get('lo', float('nan')):.3f}, "
+                    f"{r.get('hi', float('nan')):.3f}] over {r['n']} repetitions"
                 )
+    if paired:
+        lines += [
+            "",
+            "CPU per request, ours / ours without the C hot paths (the `pure_python` arm), paired:",
+            "",
+            *paired,
+        ]
     if "classifier_predict_us_p50" in doc:
         # the same host, the same hour: a host-speed reference between runs of the same classifier code
         lines += [
