@@ -95,6 +95,11 @@ static PyObject *Kernel_nearest(Kernel *self, PyObject *counts) {
     }
     for (j = 0; j < self->width; j++) acc[j] = 0.0;
     while (PyDict_Next(counts, &pos, &key, &value)) {
+        /* exact ints only: an int subclass could run Python code (__index__) between the loop's steps */
+        if (!PyLong_CheckExact(key) || !PyLong_CheckExact(value)) {
+            PyErr_SetString(PyExc_TypeError, "term ids and counts must be ints");
+            return NULL;
+        }
         i = PyLong_AsSsize_t(key);
         if (i == -1 && PyErr_Occurred()) return NULL;
         if (i < 0 || i >= self->n_terms) {
@@ -176,6 +181,12 @@ typedef struct {
     int digits;
 } ChunkedBody;
 
+#define BAD(msg)   \
+    do {           \
+        err = msg; \
+        goto bad;  \
+    } while (0)
+
 static PyObject *chunk_error(const char *what) {
     PyErr_Format(PyExc_ValueError, "bad chunked body: %s", what);
     return NULL;
@@ -250,6 +261,7 @@ static PyObject *ChunkedBody_feed(ChunkedBody *self, PyObject *const *args, Py_s
     Py_ssize_t n, i = 0, boundary = -1, end, take;
     PyObject *out = NULL, *data;
     Payload payload = {NULL, 0, 0};
+    const char *err = NULL;
     int verbatim, h;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "feed(data, verbatim) takes 2 arguments");
@@ -270,58 +282,40 @@ static PyObject *ChunkedBody_feed(ChunkedBody *self, PyObject *const *args, Py_s
         case S_SIZE0:
             if (verbatim && boundary < 0) boundary = i;
             h = hexval(ch);
-            if (h < 0) goto bad_size;
+            if (h < 0) BAD("bad chunk size line");
             self->remaining = (unsigned long long)h;
             self->digits = 1;
             self->state = S_SIZE;
             i++;
             break;
         case S_SIZE:
-            h = hexval(ch);
+        case S_SIZE_WS: /* more digits (not after a blank), blanks, then an extension or the line's end */
+            h = self->state == S_SIZE ? hexval(ch) : -1;
             if (h >= 0) {
-                if (++self->digits > 15) goto bad_size; /* 15 hex digits: below 2^60 */
+                if (++self->digits > 15) BAD("bad chunk size line"); /* 15 hex digits: below 2^60 */
                 self->remaining = self->remaining * 16 + (unsigned long long)h;
-                i++;
             } else if (ch == ' ' || ch == '\t') {
                 self->state = S_SIZE_WS;
-                i++;
             } else if (ch == ';') {
                 self->state = S_EXT;
                 self->side = 0;
-                i++;
             } else if (ch == '\r') {
                 self->state = S_SIZE_LF;
-                i++;
             } else {
-                goto bad_size;
+                BAD("bad chunk size line");
             }
-            break;
-        case S_SIZE_WS:
-            if (ch == ' ' || ch == '\t') {
-                i++;
-            } else if (ch == ';') {
-                self->state = S_EXT;
-                self->side = 0;
-                i++;
-            } else if (ch == '\r') {
-                self->state = S_SIZE_LF;
-                i++;
-            } else {
-                goto bad_size;
-            }
+            i++;
             break;
         case S_EXT:
             if (ch == '\r') {
                 self->state = S_SIZE_LF;
             } else if (ch == '\n' || ++self->side > MAX_EXT_BYTES) {
-                PyBuffer_Release(&view);
-                PyMem_Free(payload.buf);
-                return chunk_error("bad chunk extension");
+                BAD("bad chunk extension");
             }
             i++;
             break;
         case S_SIZE_LF:
-            if (ch != '\n') goto bad_size;
+            if (ch != '\n') BAD("bad chunk size line");
             i++;
             if (self->remaining == 0) {
                 self->state = S_TRAILER0;
@@ -342,12 +336,12 @@ static PyObject *ChunkedBody_feed(ChunkedBody *self, PyObject *const *args, Py_s
             if (self->remaining == 0) self->state = S_DATA_CR;
             break;
         case S_DATA_CR:
-            if (ch != '\r') goto bad_data;
+            if (ch != '\r') BAD("chunk data not followed by CRLF");
             self->state = S_DATA_LF;
             i++;
             break;
         case S_DATA_LF:
-            if (ch != '\n') goto bad_data;
+            if (ch != '\n') BAD("chunk data not followed by CRLF");
             self->state = S_SIZE0;
             i++;
             break;
@@ -355,10 +349,10 @@ static PyObject *ChunkedBody_feed(ChunkedBody *self, PyObject *const *args, Py_s
             if (ch == '\r') {
                 self->state = S_END_LF;
             } else if (ch == '\n') {
-                goto bad_trailer;
+                BAD("bad trailer section");
             } else {
                 self->state = S_TRAILER;
-                if (++self->side > MAX_TRAILER_BYTES) goto bad_trailer;
+                if (++self->side > MAX_TRAILER_BYTES) BAD("bad trailer section");
             }
             i++;
             break;
@@ -366,17 +360,17 @@ static PyObject *ChunkedBody_feed(ChunkedBody *self, PyObject *const *args, Py_s
             if (ch == '\r') {
                 self->state = S_TRAILER_LF;
             } else if (ch == '\n' || ++self->side > MAX_TRAILER_BYTES) {
-                goto bad_trailer;
+                BAD("bad trailer section");
             }
             i++;
             break;
         case S_TRAILER_LF:
-            if (ch != '\n') goto bad_trailer;
+            if (ch != '\n') BAD("bad trailer section");
             self->state = S_TRAILER0;
             i++;
             break;
         case S_END_LF:
-            if (ch != '\n') goto bad_trailer;
+            if (ch != '\n') BAD("bad trailer section");
             self->state = S_DONE;
             i++;
             break;
@@ -413,21 +407,11 @@ static PyObject *ChunkedBody_feed(ChunkedBody *self, PyObject *const *args, Py_s
     PyBuffer_Release(&view);
     return out;
 
-bad_size:
+bad:
+    self->state = S_DONE; /* unusable from here: every later feed fails too */
     PyBuffer_Release(&view);
     PyMem_Free(payload.buf);
-    self->state = S_DONE;
-    return chunk_error("bad chunk size line");
-bad_data:
-    PyBuffer_Release(&view);
-    PyMem_Free(payload.buf);
-    self->state = S_DONE;
-    return chunk_error("chunk data not followed by CRLF");
-bad_trailer:
-    PyBuffer_Release(&view);
-    PyMem_Free(payload.buf);
-    self->state = S_DONE;
-    return chunk_error("bad trailer section");
+    return chunk_error(err);
 fail:
     PyBuffer_Release(&view);
     PyMem_Free(payload.buf);
@@ -444,15 +428,9 @@ static PyObject *ChunkedBody_extra(ChunkedBody *self, void *closure) {
     return PyLong_FromSsize_t(self->extra);
 }
 
-static PyObject *ChunkedBody_at_boundary(ChunkedBody *self, void *closure) {
-    (void)closure;
-    return PyBool_FromLong(self->state == S_SIZE0);
-}
-
 static PyGetSetDef ChunkedBody_getset[] = {
     {"complete", (getter)ChunkedBody_complete, NULL, "The body's last chunk and trailer section were read.", NULL},
     {"extra", (getter)ChunkedBody_extra, NULL, "Bytes after the end of the body in the last feed.", NULL},
-    {"at_boundary", (getter)ChunkedBody_at_boundary, NULL, "The next byte starts a chunk.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -119,16 +119,28 @@ def test_bytes_after_the_end_are_counted_not_passed(sp: Any) -> None:
         b"0\r\nbad\n\r\n",  # bare LF in the trailers
         b"0\r\n\n",  # bare LF as the final line
         b"\r\n",  # no size at all
+        b"3;ext\nabc\r\n",  # bare LF in a chunk extension
     ],
 )
 def test_bad_framing_raises(sp: Any, bad: bytes) -> None:
+    t = sp.ChunkedBody()
     with pytest.raises(ValueError, match="bad chunked body"):
-        t = sp.ChunkedBody()
         for i in range(len(bad)):  # byte by byte: the state carries across reads
             t.feed(bad[i : i + 1], False)
+    with pytest.raises(ValueError, match="after the end"):  # unusable once it failed
+        t.feed(b"0\r\n\r\n", False)
     # httptools refuses the same bytes (the tracker is no more lenient on these)
     with pytest.raises(httptools.HttpParserError):
         httptools_body(bad)
+
+
+def test_blanks_after_the_size_are_taken_but_not_a_digit_after_them(sp: Any) -> None:
+    # RFC 9112's chunk-ext allows blanks before ';' (httptools refuses them)
+    for coded in (b"5 ;a=b\r\nhello\r\n0\r\n\r\n", b"5\t \r\nhello\r\n0\r\n\r\n"):
+        t = sp.ChunkedBody()
+        assert t.feed(coded, False) == b"hello" and t.complete
+    with pytest.raises(ValueError, match="size line"):
+        sp.ChunkedBody().feed(b"5 5\r\nhello\r\n", False)
 
 
 def test_a_size_beyond_any_body_is_refused(sp: Any) -> None:
@@ -154,6 +166,8 @@ def test_kernel_edge_cases(sp: Any) -> None:
         k.nearest({3: 1})
     with pytest.raises(TypeError):
         k.nearest([(0, 1)])
+    with pytest.raises(TypeError, match="ints"):
+        k.nearest({np.int64(0): 1})
     with pytest.raises(ValueError, match="positive"):
         k.nearest({0: 0})
     with pytest.raises(ValueError, match="columns"):
