@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from system import speedups
 from system.gateway.config import CLASSIFYING_POLICIES, GatewayConfig, PolicyConfig
 from system.gateway.metrics import GatewayMetrics
 from system.gateway.policies import Classifier, Policy, build_policy
@@ -87,6 +88,8 @@ class Gateway:
             self.upstream = UpstreamPool(
                 lim.upstream_connections, lim.connect_timeout_s, lim.upstream_keepalive_s
             )
+        # which hot paths this process runs: "c" (system/_speedups.c) or "python (why)"
+        log.info("hot paths: %s", speedups.MODE)
         # one synchronous round so experts that are down at start are known before the first request
         await check_once(self.session, self.pool, self.cfg.health)
         self._health_task = asyncio.create_task(health_loop(self.session, self.pool, self.cfg.health))

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
@@ -377,3 +378,17 @@ async def test_relayed_requests_leave_no_cyclic_garbage(shared: list[int], body_
             gc.enable()
     assert after_requests == {}, f"request objects left to the cyclic GC: {after_requests}"
     assert after_disconnect == {}, f"objects of a cancelled relay left to the cyclic GC: {after_disconnect}"
+
+
+async def test_start_up_logs_which_hot_paths_run(
+    shared: list[int],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from system import speedups
+
+    caplog.set_level(logging.INFO, logger="expert_router.gateway")
+    monkeypatch.setattr(speedups, "MODE", "python (a test)")
+    async with gateway_in_process(make_cfg(shared), KeywordClassifier()):
+        pass
+    assert "hot paths: python (a test)" in caplog.text
