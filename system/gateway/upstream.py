@@ -80,43 +80,60 @@ class _Conn(asyncio.Protocol):
         if r is None:  # bytes nobody asked for: the connection is not reusable
             self.close()
             return
-        body = r.body
-        if body is not None:
-            self._body_received(r, body, data)
-            return
-        pieces = self.pieces
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            if isinstance(e.__context__, _SwitchToTracker):
-                self._switch(r, data)
-                return
-            r.fail(aiohttp.ClientPayloadError(f"bad HTTP from upstream: {e}"))
-            self.close()
-        if not r.status:
-            self.head_tail = (self.head_tail + data)[-3:]
-        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        pieces.clear()
         out = r.out
+        tracker = r.body
+        if tracker is not None:
+            # a chunked body read by the C tracker (see `_switch`): piped, the bytes pass as they came (the
+            # expert's chunk framing is the client's, its terminating chunk included: no parse and no
+            # framing in Python); buffered, the tracker returns the chunk data
+            try:
+                chunk = tracker.feed(data, out is not None)
+            except ValueError as e:
+                r.fail(aiohttp.ClientPayloadError(f"bad HTTP from upstream: {e}"))
+                self.close()
+                return
+            if tracker.complete:
+                r.complete = True
+                if tracker.extra:  # bytes after the end of the answer: the connection is not reusable
+                    r.keep_alive = False
+            touched = True
+        else:
+            pieces = self.pieces
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError as e:
+                if isinstance(e.__context__, _SwitchToTracker):
+                    self._switch(r, data)
+                    return
+                r.fail(aiohttp.ClientPayloadError(f"bad HTTP from upstream: {e}"))
+                self.close()
+            if not r.status:
+                self.head_tail = (self.head_tail + data)[-3:]
+            chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            pieces.clear()
+            touched = bool(chunk) or (r.complete and not r.terminated)
+            if out is not None and touched:
+                # piped: in chunked framing. Every body piece of one read leaves in one write, and so does
+                # the stream's terminating chunk once the upstream's body is complete: one write (one TCP
+                # segment) less per request.
+                chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunk else b""
+                if r.complete and r.exc is None:
+                    chunk += b"0\r\n\r\n"
         if out is not None:
-            if body or (r.complete and not r.terminated):
-                # piped: straight to the client in chunked framing, inline (runs per chunk: no call to a
-                # closure, no task woken; `pipe` only wakes up for back-pressure and the end). Every body
-                # piece of one read leaves in one write, and so does the stream's terminating chunk once
-                # the upstream's body is complete: one write (one TCP segment) less per request.
+            if touched:
+                # piped: straight to the client, inline (runs per chunk: no call to a closure, no task
+                # woken; `pipe` only wakes up for back-pressure and the end)
                 r.last_io = self.loop.time()  # (on this object: the watchdog finds it through the relay)
                 # a client gone (or going) is not the expert's failure: drop the bytes, the relay's
                 # disconnect hook cancels it
-                if not r.out_cycle.disconnected and not out.is_closing():
-                    frame = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
+                if chunk and not r.out_cycle.disconnected and not out.is_closing():
+                    out.write(chunk)
                     if r.complete and r.exc is None:
-                        frame += b"0\r\n\r\n"
-                        r.terminated = True
-                    out.write(frame)
+                        r.terminated = True  # the stream's terminating chunk went out with these bytes
                 if r.out_flow.write_paused:
                     r.wake()
-        elif body:
-            r.buf.append(body)
+        elif chunk:
+            r.buf.append(chunk)
             r.wake()
         if r.complete:
             r.finish()
@@ -124,11 +141,10 @@ class _Conn(asyncio.Protocol):
     def _switch(self, r: UpstreamResponse, data: bytes) -> None:
         """httptools stopped at the end of a chunked head (`on_headers_complete`): the rest of `data` is body,
         for the response's tracker. The old parser is left in its error state: the next response gets a new
-        one."""
+        one. (`head_tail` is reset per response, in `UpstreamPool.post`.)"""
         self.parser = httptools.HttpResponseParser(self)
         seen = self.head_tail + data
         end = seen.find(b"\r\n\r\n")
-        self.head_tail = b""
         if end < 0:  # cannot happen after a strict parse; fail loudly rather than guess where the body starts
             r.fail(aiohttp.ClientPayloadError("bad HTTP from upstream: no end of head found"))
             self.close()
@@ -136,36 +152,7 @@ class _Conn(asyncio.Protocol):
         r.wake()  # the head is complete (status and headers are set)
         rest = seen[end + 4 :]
         if rest:
-            self._body_received(r, r.body, rest)  # type: ignore[arg-type]
-
-    def _body_received(self, r: UpstreamResponse, body: Any, data: bytes) -> None:
-        """A read of a chunked body tracked by `speedups.ChunkedBody`. Piped, the bytes go to the client as
-        they came (the expert's chunk framing is the client's: no parse and no framing in Python); buffered,
-        the tracker returns the chunk data."""
-        out = r.out
-        try:
-            chunk = body.feed(data, out is not None)
-        except ValueError as e:
-            r.fail(aiohttp.ClientPayloadError(f"bad HTTP from upstream: {e}"))
-            self.close()
-            return
-        if body.complete:
-            r.complete = True
-            if body.extra:  # bytes after the end of the answer: the connection is not reusable
-                r.keep_alive = False
-        if out is not None:
-            r.last_io = self.loop.time()
-            if chunk and not r.out_cycle.disconnected and not out.is_closing():
-                out.write(chunk)
-                if r.complete:
-                    r.terminated = True  # the expert's own terminating chunk went out with these bytes
-            if r.out_flow.write_paused:
-                r.wake()
-        elif chunk:
-            r.buf.append(chunk)
-            r.wake()
-        if r.complete:
-            r.finish()
+            self.data_received(rest)  # now read by the tracker
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

@@ -172,6 +172,32 @@ async def test_piped_bytes_are_dropped_once_the_client_is_gone(body_reader: str)
     pool.close()
 
 
+@pytest.mark.parametrize("cut", [1, 2, 3, 4, 5])
+async def test_a_head_whose_end_is_split_across_reads_is_read_right(cut: int, body_reader: str) -> None:
+    """The head's blank line cut `cut` bytes from its end: with the C tracker the body starts after the
+    CRLFCRLF found across the two reads (`_Conn.head_tail`), and keep-alive serves a second answer."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await read_request(reader)
+            writer.write(STREAM_HEAD[:-cut])
+            await writer.drain()
+            await asyncio.sleep(0.05)  # two reads on the gateway's side
+            writer.write(STREAM_HEAD[-cut:] + chunk(b"data: 1\n\n") + chunk(b"data: 2\n\n") + b"0\r\n\r\n")
+            await writer.drain()
+
+    pool = UpstreamPool(limit=10, connect_timeout_s=5)
+    async with server(handler) as (url, conns):
+        for _ in range(2):
+            r = await pool.post(url, b"{}", {})
+            assert r.status == 200
+            assert (r.body is not None) == (body_reader == "c")
+            assert await asyncio.wait_for(r.read(), 5) == b"data: 1\n\ndata: 2\n\n"
+            r.release()
+        assert len(conns) == 1
+    pool.close()
+
+
 class _Out:
     """The client transport as the pipe sees it."""
 
